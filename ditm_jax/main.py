@@ -1,0 +1,78 @@
+"""Entry point: parse flags, start distributed JAX when asked, hand over to the trainer.
+
+  python -m ditm_jax.main --config=configs/demo.py --workdir=DIR [--mode=train|eval|export]
+      [--config.<field>=<value> ...]
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py:variant=ditm.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and exports.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "export"], "What to run.")
+
+
+def _maybe_initialize_distributed():
+  """jax.distributed.initialize from DITM_* variables, before anything else touches JAX."""
+  address = os.environ.get("DITM_COORDINATOR_ADDRESS")
+  if not address:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # used on CPU only
+  jax.distributed.initialize(coordinator_address=address,
+                             num_processes=int(os.environ["DITM_NUM_PROCESSES"]),
+                             process_id=int(os.environ["DITM_PROCESS_ID"]))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if FLAGS.workdir is None:
+    raise app.UsageError("--workdir is required")
+  logging.set_verbosity(logging.WARNING)  # progress lines come from the trainer
+  _maybe_initialize_distributed()
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")  # TensorFlow only feeds data
+  from ditm_jax import train  # pylint: disable=g-import-not-at-top
+  try:
+    train.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+  except (train.UserError, ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+def parse_flags(argv):
+  """absl flag parsing, with a config that fails to load reported in one line."""
+  try:
+    rest = FLAGS(argv)
+  except flags.Error as e:
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    flag = lines[0].split(":")[0] if lines else "flags"
+    print(f"error: {flag}: {lines[-1] if lines else e}", file=sys.stderr)
+    sys.exit(1)
+  if FLAGS.config is None:
+    print("error: --config is required, e.g. --config=configs/demo.py", file=sys.stderr)
+    sys.exit(1)
+  try:
+    FLAGS.config.get("seed")  # a config file that failed to load raises here
+  except (IOError, AttributeError) as e:
+    path = FLAGS["config"].config_filename
+    why = "no such file" if not os.path.exists(path) else str(e.__cause__ or e).splitlines()[-1]
+    print(f"error: --config={path}: {why}; pass an existing config file, "
+          "e.g. --config=configs/demo.py", file=sys.stderr)
+    sys.exit(1)
+  return rest
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,118 @@
+"""Transformer encoder layer shared by BERT (post-LN) and ViT (pre-LN).
+
+Computes what transformers' PyTorch layers compute, in float32 to their precision: attention
+logits and softmax always in float32, other arithmetic in `dtype` (e.g. bfloat16), parameters in
+`param_dtype`. Dropout draws from the 'dropout' RNG stream when `deterministic=False`.
+"""
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # Exact erf GELU.
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_fast": functools.partial(jax.nn.gelu, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  """The activation a Hugging Face config names by `hidden_act`."""
+  if name not in _ACTIVATIONS:
+    raise ValueError(f"hidden_act '{name}' is not supported; use one of {sorted(_ACTIVATIONS)}.")
+  return _ACTIVATIONS[name]
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention; `mask` (B, L) marks the keys that may be attended to."""
+  num_heads: int
+  qkv_bias: bool = True
+  dropout_rate: float = 0.0
+  kernel_init: Callable[..., jax.Array] = nn.initializers.normal(0.02)
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool) -> jax.Array:
+    batch, length, features = x.shape
+    head_dim = features // self.num_heads
+    dense = functools.partial(nn.Dense, features, kernel_init=self.kernel_init, dtype=self.dtype,
+                              param_dtype=self.param_dtype)
+    split = lambda y: y.reshape(batch, length, self.num_heads, head_dim)
+    q = split(dense(use_bias=self.qkv_bias, name="query")(x))
+    k = split(dense(use_bias=self.qkv_bias, name="key")(x))
+    v = split(dense(use_bias=self.qkv_bias, name="value")(x))
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    logits = logits * head_dim**-0.5
+    if mask is not None:  # Padded keys get zero weight (transformers adds finfo.min likewise).
+      logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, features)
+    return dense(name="out")(out)
+
+
+class Mlp(nn.Module):
+  """Dense -> activation -> Dense."""
+  hidden_features: int
+  activation: str = "gelu"
+  kernel_init: Callable[..., jax.Array] = nn.initializers.normal(0.02)
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dense = functools.partial(nn.Dense, kernel_init=self.kernel_init, dtype=self.dtype,
+                              param_dtype=self.param_dtype)
+    h = activation(self.activation)(dense(self.hidden_features, name="fc1")(x))
+    return dense(x.shape[-1], name="fc2")(h)
+
+
+class EncoderLayer(nn.Module):
+  """Attention and MLP blocks with residuals; `pre_norm` picks ViT (True) or BERT (False) order.
+
+  Post-LN (BERT): x = LN(x + attn(x)); x = LN(x + mlp(x)).
+  Pre-LN (ViT):   x = x + attn(LN(x)); x = x + mlp(LN(x)).
+  """
+  num_heads: int
+  mlp_dim: int
+  activation: str = "gelu"
+  pre_norm: bool = False
+  layer_norm_eps: float = 1e-12
+  qkv_bias: bool = True
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  kernel_init: Callable[..., jax.Array] = nn.initializers.normal(0.02)
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool) -> jax.Array:
+    norm = functools.partial(layer_norm, self.layer_norm_eps, self.dtype, self.param_dtype)
+    dropout = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    attention = SelfAttention(self.num_heads, self.qkv_bias, self.attention_dropout_rate,
+                              self.kernel_init, self.dtype, self.param_dtype, name="attention")
+    mlp = Mlp(self.mlp_dim, self.activation, self.kernel_init, self.dtype, self.param_dtype,
+              name="mlp")
+    if self.pre_norm:
+      x = x + dropout(attention(norm("attention_norm")(x), mask, deterministic))
+      return x + dropout(mlp(norm("mlp_norm")(x)))
+    x = norm("attention_norm")(x + dropout(attention(x, mask, deterministic)))
+    return norm("mlp_norm")(x + dropout(mlp(x)))
+
+
+def layer_norm(epsilon: float, dtype: Dtype, param_dtype: Dtype,
+               name: str | None = None) -> nn.LayerNorm:
+  """LayerNorm as PyTorch computes it (two-pass variance, statistics in at least float32)."""
+  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
+                      use_fast_variance=False, name=name)

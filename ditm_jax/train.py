@@ -1,0 +1,306 @@
+"""The one trainer: train, evaluate and export, all driven by an ml_collections config."""
+
+import functools
+import json
+import math
+import time
+from typing import Any
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tensorflow as tf
+
+from ditm_jax import evaluate as evaluate_lib
+from ditm_jax import losses
+from ditm_jax import sharding
+from ditm_jax.data import datasets
+from ditm_jax.data import pipeline
+from ditm_jax.models import model as model_lib
+
+
+class UserError(Exception):
+  """An error the user can fix (bad config, bad data, unwritable workdir)."""
+
+
+class NonFiniteLoss(UserError):
+  """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  bad_step: jax.Array  # first step whose loss was non-finite, -1 while none
+
+
+def loss_kwargs(config):
+  """The static keyword arguments of `losses.objective` from `config.loss`."""
+  l = config.loss
+  return dict(matching=l.matching, margin=l.margin, max_violation=l.max_violation,
+              beta=l.relax_beta, relax_temp=l.relax_temp, order_weight=l.order_weight,
+              order_gamma=l.order_gamma, order_min_gap=l.order_min_gap,
+              relax_warmup_steps=l.relax_warmup_steps)
+
+
+def temperature(config, log_temperature):
+  """tau: fixed from config, or learned (log-parameterised, clipped to [0.01, 1])."""
+  if config.loss.learn_temperature:
+    return jnp.exp(jnp.clip(log_temperature, math.log(0.01), 0.0))
+  return jnp.float32(config.loss.temperature)
+
+
+def param_labels(config, params):
+  """Optimizer group of every parameter: 'default' or 'frozen'."""
+  def label(path, _):
+    name = "/".join(str(getattr(p, "key", p)) for p in path)
+    if name.endswith("log_temperature") and not config.loss.learn_temperature:
+      return "frozen"
+    return "default"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(config):
+  o = config.optim
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, o.lr, warmup_steps=max(o.warmup_steps, 1), decay_steps=max(config.total_steps, 2))
+  adamw = optax.chain(optax.clip_by_global_norm(o.grad_clip),
+                      optax.adamw(schedule, weight_decay=o.weight_decay))
+  return optax.multi_transform({"default": adamw, "frozen": optax.set_to_zero()},
+                               functools.partial(param_labels, config))
+
+
+def train_step(state, batch, *, model, tx, config):
+  """One optimisation step: (state, global batch) -> (state, metrics). Pure."""
+  def loss_fn(params):
+    img, txt, log_t = model.apply({"params": params}, batch)
+    return losses.objective(img, txt, batch["image_ids"], batch["desc"],
+                            temperature=temperature(config, log_t), step=state.step,
+                            **loss_kwargs(config))
+
+  (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ok = jnp.isfinite(loss)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+  new_state = state.replace(
+      step=state.step + 1, params=keep(params, state.params),
+      opt_state=keep(opt_state, state.opt_state),
+      bad_step=jnp.where(ok | (state.bad_step >= 0), state.bad_step, state.step))
+  metrics = {f"train/{k}": v for k, v in terms.items()}
+  metrics["train/grad_norm"] = optax.global_norm(grads)
+  metrics["train/temperature"] = temperature(config, state.params["log_temperature"])
+  return new_state, metrics
+
+
+class Trainer:
+  """Builds mesh, data, model, optimizer and checkpoints once; runs the modes."""
+
+  def __init__(self, config, workdir):
+    self.config = config
+    self.workdir = tf.io.gfile.join(workdir)
+    self.is_main = jax.process_index() == 0
+    _check_workdir(self.workdir)
+    self.mesh = sharding.make_mesh(config)
+    self.num_devices = self.mesh.devices.size
+    if config.batch_size % self.num_devices:
+      raise UserError(f"config.batch_size={config.batch_size} must be a multiple of the "
+                      f"{self.num_devices} devices on the data axis")
+    self.data = datasets.load(config)
+    dtype = jnp.dtype(config.dtype)
+    self.model = model_lib.build(config, self.data.vocab_size, dtype=dtype)
+    self.tx = make_optimizer(config)
+    self.batch_sharding = sharding.batch_sharding(self.mesh)
+    self.state_sharding, self._init = self._abstract_state()
+    self.checkpoints = ocp.CheckpointManager(
+        tf.io.gfile.join(self.workdir, "checkpoints"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+    self.best = ocp.CheckpointManager(
+        tf.io.gfile.join(self.workdir, "best"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+    self.writer = evaluate_lib.MetricsWriter(self.workdir, enabled=self.is_main)
+
+  # ---------------------------------------------------------------- state
+  def _example_batch(self):
+    images, slots = pipeline.sample(0, 0, self.data.train.num_images, self.num_devices,
+                                    self.data.train.captions_per_image,
+                                    self.config.data.captions_per_image)
+    keep = pipeline.region_keep_mask(0, 0, self.num_devices,
+                                     self.data.train.features.shape[1], 0.0)
+    return pipeline.make_batch(self.data.train, images, slots, keep,
+                               max_tokens=self.config.data.max_tokens)
+
+  def _abstract_state(self):
+    example = jax.tree.map(jnp.asarray, self._example_batch())
+
+    def init(rng):
+      params = self.model.init(rng, example)["params"]
+      return TrainState(step=jnp.int32(0), params=params, opt_state=self.tx.init(params),
+                        bad_step=jnp.int32(-1))
+
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    shardings = sharding.state_shardings(self.mesh, abstract, self.config)
+    return shardings, jax.jit(init, out_shardings=shardings)
+
+  def initial_state(self):
+    return self._init(jax.random.key(self.config.seed))
+
+  def restore(self, step=None, manager=None):
+    """The state at `step` (default: latest) or None when there is no checkpoint."""
+    manager = manager or self.checkpoints
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      return None
+    abstract = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        jax.eval_shape(self.initial_state), self.state_sharding)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return restored.state
+
+  def save(self, state, manager=None, **meta):
+    """Saves state plus metadata (step, data position = step, config, extra `meta`)."""
+    step = int(state.step)
+    meta = {"step": step, "data_position": step, "seed": self.config.seed,
+            "config": self.config.to_json(), **meta}
+    (manager or self.checkpoints).save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+  # ---------------------------------------------------------------- train
+  def train(self):
+    config = self.config
+    state = self.restore()
+    start = 0 if state is None else int(state.step)
+    if state is None:
+      state = self.initial_state()
+    else:
+      logging.info("Resuming from step %d", start)
+      print(f"Resuming from checkpoint at step {start}", flush=True)
+    self.writer.truncate_after(start)
+    step_fn = jax.jit(functools.partial(train_step, model=self.model, tx=self.tx, config=config),
+                      in_shardings=(self.state_sharding, self.batch_sharding),
+                      out_shardings=(self.state_sharding, None), donate_argnums=(0,))
+    ds = pipeline.train_dataset(self.data.train, config, start, jax.process_index(),
+                                jax.process_count())
+    evaluator = evaluate_lib.Evaluator(self)
+    best_rsum = _best_metric(self.best)
+    pairs = config.batch_size * config.data.captions_per_image
+    t0, s0 = time.perf_counter(), start
+    metrics = None
+    for local in ds.as_numpy_iterator():
+      batch = sharding.global_batch(self.batch_sharding, local)
+      state, metrics = step_fn(state, batch)
+      step = start = start + 1
+      if step % config.log_every_steps == 0 or step == config.total_steps:
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        self._check_finite(state)
+        dt = time.perf_counter() - t0
+        rate = (step - s0) / max(dt, 1e-9)
+        values["train/steps_per_s"] = rate
+        values["train/pairs_per_s"] = rate * pairs
+        self.writer.write(step, values)
+        eta = (config.total_steps - step) / max(rate, 1e-9)
+        print(f"step {step:>6}/{config.total_steps} " + " ".join(
+            f"{k[6:]}={v:.4f}" for k, v in values.items()
+            if k[6:] in ("loss", "match", "order", "beta")) +
+              f" | {values['train/pairs_per_s']:.0f} pairs/s, ETA {eta:.0f}s", flush=True)
+        t0, s0 = time.perf_counter(), step
+      if step % config.eval_every_steps == 0 or step == config.total_steps:
+        results = evaluator.run(state.params, step)
+        rsum = _first_rsum(results)
+        if rsum is not None and rsum > best_rsum and self._check_finite(state):
+          best_rsum = rsum
+          self.save(state, self.best, rsum=rsum)
+      if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
+        self._check_finite(state)
+        self.save(state)
+    if metrics is None:
+      print(f"Already trained to step {start}; nothing to do.", flush=True)
+    self.checkpoints.wait_until_finished()
+    self.best.wait_until_finished()
+    final = evaluator.last_results or evaluator.run(state.params, int(state.step), write=False)
+    evaluate_lib.print_table(final)
+    if config.export_at_end:
+      self.export(state.params)
+    return final
+
+  def _check_finite(self, state):
+    bad = int(jax.device_get(state.bad_step))
+    if bad < 0:
+      return True
+    images, _ = pipeline.sample(self.config.seed, bad, self.data.train.num_images,
+                                self.config.batch_size, self.data.train.captions_per_image,
+                                self.config.data.captions_per_image)
+    ids = self.data.train.image_ids[images]
+    last = self.checkpoints.latest_step()
+    raise NonFiniteLoss(
+        f"non-finite loss at step {bad} (batch of image ids {ids[:8].tolist()}"
+        f"{'...' if len(ids) > 8 else ''}); the last good checkpoint is step {last} in "
+        f"{self.workdir}/checkpoints. Lower config.optim.lr or check the data for NaN/inf.")
+
+  # ---------------------------------------------------------------- eval/export
+  def _restored_params(self, step=None):
+    state = self.restore(step)
+    if state is None:
+      raise UserError(f"no checkpoint in {self.workdir}/checkpoints; train first "
+                      "(--mode=train) or pass the workdir of a trained run")
+    return state
+
+  def evaluate(self, step=None):
+    state = self._restored_params(step)
+    results = evaluate_lib.Evaluator(self).run(state.params, int(state.step))
+    if self.is_main:
+      with tf.io.gfile.GFile(tf.io.gfile.join(self.workdir, "eval_results.json"), "w") as f:
+        json.dump({"step": int(state.step), **results}, f, indent=1)
+    evaluate_lib.print_table(results)
+    return results
+
+  def export(self, params=None):
+    step = None
+    if params is None:
+      state = self._restored_params()
+      params, step = state.params, int(state.step)
+    step = int(self.checkpoints.latest_step() or 0) if step is None else step
+    return evaluate_lib.export(self, params, step)
+
+
+def _check_workdir(workdir):
+  try:
+    tf.io.gfile.makedirs(workdir)
+    probe = tf.io.gfile.join(workdir, ".write_test")
+    with tf.io.gfile.GFile(probe, "w") as f:
+      f.write("ok")
+    tf.io.gfile.remove(probe)
+  except (tf.errors.OpError, OSError) as e:
+    raise UserError(f"workdir {workdir} is not writable ({e.__class__.__name__}); "
+                    "pass a --workdir you can write to") from None
+
+
+def _first_rsum(results):
+  for key, value in results.items():
+    if key.endswith("/rsum"):
+      return value
+  return None
+
+
+def _best_metric(manager):
+  step = manager.latest_step()
+  if step is None:
+    return -math.inf
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  return float(meta.get("rsum", -math.inf))
+
+
+def run(config, workdir, mode):
+  trainer = Trainer(config, workdir)
+  if mode == "train":
+    return trainer.train()
+  if mode == "eval":
+    return trainer.evaluate()
+  if mode == "export":
+    return trainer.export()
+  raise UserError(f"--mode={mode!r} is not known; use train, eval or export")
