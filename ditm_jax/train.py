@@ -205,8 +205,7 @@ class Trainer:
         self.writer.write(step, values)
         eta = (config.total_steps - step) / max(rate, 1e-9)
         print(f"step {step:>6}/{config.total_steps} " + " ".join(
-            f"{k[6:]}={v:.4f}" for k, v in values.items()
-            if k[6:] in ("loss", "match", "order", "beta")) +
+            f"{k}={values['train/' + k]:.4f}" for k in ("loss", "match", "order", "beta")) +
               f" | {values['train/pairs_per_s']:.0f} pairs/s, ETA {eta:.0f}s", flush=True)
         t0, s0 = time.perf_counter(), step
       if step % config.eval_every_steps == 0 or step == config.total_steps:
@@ -218,6 +217,8 @@ class Trainer:
       if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
         self._check_finite(state)
         self.save(state)
+      if step % config.eval_every_steps == 0 or step % config.checkpoint_every_steps == 0:
+        t0, s0 = time.perf_counter(), step  # step rates exclude evaluation and saving
     if metrics is None:
       print(f"Already trained to step {start}; nothing to do.", flush=True)
     self.checkpoints.wait_until_finished()

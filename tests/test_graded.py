@@ -74,3 +74,19 @@ def test_order_tau_hand_worked():
   assert graded.order_tau(sims, np.argwhere(mask), d) == pytest.approx(want)
   assert graded.order_tau(sims, mask, sims.max(axis=0)) == pytest.approx(1.0)
   assert math.isnan(graded.order_tau(sims, [[2, 6]], d))
+
+
+def test_kendall_tau_masked_rows_in_small_groups():
+  rng = np.random.default_rng(2)
+  x = rng.integers(0, 5, (200, 9)).astype(float)
+  y = rng.integers(0, 5, (200, 9)).astype(float)
+  mask = rng.random((200, 9)) < rng.random((200, 1))
+  want = []
+  for a, b, keep in zip(x, y, mask):
+    a, b = a[keep], b[keep]
+    sx, sy = np.sign(a[:, None] - a), np.sign(b[:, None] - b)
+    norm = math.sqrt(np.abs(sx).sum() * np.abs(sy).sum())
+    want.append((sx * sy).sum() / norm if norm else np.nan)
+  got = graded.kendall_tau(x, y, mask, max_pairs=50)
+  np.testing.assert_allclose(got, want, equal_nan=True)
+  assert np.isnan(got).any() and not np.isnan(got).all()

@@ -17,7 +17,8 @@ def test_real_csv(shared_data):
   assert all(len(c) == 4 and all(c) for c in chains)
   assert names[0] == 'COCO_val2014_000000301718.jpg'
   assert chains[0][:2] == ('table', 'table with plates')
-  assert chains[1] == ('bird', 'blue bird', 'blue bird sitting on top of branch',
+  assert chains[1] == ('bird', 'blue bird',
+                       'blue bird sitting on top of branch',
                        'A blue bird sitting on the top of a branch with '
                        'autumn leaves')
   assert all((folder / 'test_imgs' / n).is_file() for n in names)

@@ -25,7 +25,8 @@ def _loop_metrics(i2t, t2i):
       out[f'{name}_r{k}'] = 100.0 * sum(r < k for r in ranks) / len(ranks)
     out[f'{name}_medr'] = np.floor(np.median(ranks)) + 1
     out[f'{name}_meanr'] = sum(ranks) / len(ranks) + 1
-  out['rsum'] = sum(out[f'{d}_r{k}'] for d in ('i2t', 't2i') for k in (1, 5, 10))
+  out['rsum'] = sum(out[f'{d}_r{k}'] for d in ('i2t', 't2i')
+                    for k in (1, 5, 10))
   return out
 
 

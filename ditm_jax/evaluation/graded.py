@@ -56,30 +56,75 @@ def ndcg_at_k(sims, relevance, k=10, chunk=NDCG_CHUNK):
   return float(np.mean(dcg[keep] / ideal[keep])) if keep.any() else float('nan')
 
 
-def kendall_tau(x, y, mask=None):
+def _dense_ranks(x, valid):
+  """Per-row dense ranks (0, 1, ...; ties share one) of a 2-D float array."""
+  order = np.argsort(x, axis=1, kind='stable')
+  ordered = np.take_along_axis(x, order, axis=1)
+  step = np.zeros(x.shape, np.int32)
+  step[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+  ranks = np.empty(x.shape, np.int32)
+  np.put_along_axis(ranks, order, np.cumsum(step, axis=1, dtype=np.int32),
+                    axis=1)
+  return np.where(valid, ranks, -1)
+
+
+def _pair_sums(rx, ry, valid):
+  """Per row: sum of sign products, pairs untied in x, pairs untied in y."""
+  pair = valid[:, :, None] & valid[:, None, :]
+  if rx.shape[1] < 2**15:
+    rx, ry = rx.astype(np.int16), ry.astype(np.int16)
+  sx = np.sign(rx[:, :, None] - rx[:, None, :]).astype(np.int8)
+  sx *= pair
+  sy = np.sign(ry[:, :, None] - ry[:, None, :]).astype(np.int8)
+  sy *= pair
+  total = functools.partial(np.sum, axis=(1, 2), dtype=np.int64)
+  return total(sx * sy), total(np.abs(sx)), total(np.abs(sy))
+
+
+def kendall_tau(x, y, mask=None, max_pairs=1 << 24):
   """Kendall tau-b of x and y along the last axis, row by row.
 
   Args:
     x: (..., m) values.
     y: (..., m) values.
     mask: optional (..., m) bool; only entries where it is True take part.
+    max_pairs: rows are processed in groups of at most this many pairs.
 
   Returns:
     (...,) float64 tau-b, `(concordant - discordant) / sqrt(n_x * n_y)` with
     n_x (n_y) the pairs not tied in x (y); NaN where fewer than two entries
     take part or all of them tie in x or in y.
   """
-  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  mask = np.ones(x.shape, bool) if mask is None else np.asarray(mask, bool)
-  pair = mask[..., :, None] & mask[..., None, :]
-  sx = np.sign(x[..., :, None] - x[..., None, :]) * pair
-  sy = np.sign(y[..., :, None] - y[..., None, :]) * pair
-  # Every unordered pair appears twice in the full m x m grid; the ratio is
+  mask = True if mask is None else np.asarray(mask, bool)
+  x, y, mask = np.broadcast_arrays(
+      np.asarray(x, np.float64), np.asarray(y, np.float64), mask)
+  lead, m = x.shape[:-1], x.shape[-1]
+  x, y, mask = (a.reshape(-1, m) for a in (x, y, mask))
+  # Valid entries first, rows by ascending count: each group of rows is only
+  # as wide as its longest row.
+  counts = mask.sum(axis=1)
+  by_count = np.argsort(counts, kind='stable')
+  front = np.argsort(~mask[by_count], axis=1, kind='stable')
+  take = lambda a: np.take_along_axis(a[by_count], front, axis=1)
+  x, y, mask, counts = take(x), take(y), take(mask), counts[by_count]
+  rx, ry = _dense_ranks(x, mask), _dense_ranks(y, mask)
+  s, nx, ny = (np.zeros(len(x)) for _ in range(3))
+  start = 0
+  while start < len(x):
+    cost = (np.arange(1, len(x) - start + 1)
+            * counts[start:].astype(np.int64) ** 2)
+    stop = start + max(1, int(np.searchsorted(cost, max_pairs, 'right')))
+    width = max(int(counts[stop - 1]), 1)
+    rows = slice(start, stop)
+    s[rows], nx[rows], ny[rows] = _pair_sums(
+        rx[rows, :width], ry[rows, :width], mask[rows, :width])
+    start = stop
+  # Every unordered pair is counted twice in the m x m grid; the ratio is
   # unchanged.
-  s = (sx * sy).sum(axis=(-2, -1))
-  norm = np.sqrt(np.abs(sx).sum(axis=(-2, -1)) * np.abs(sy).sum(axis=(-2, -1)))
-  with np.errstate(invalid='ignore', divide='ignore'):
-    return np.where(norm > 0, s / np.where(norm > 0, norm, 1), np.nan)
+  norm = np.sqrt(nx * ny)
+  tau = np.full(len(x), np.nan)
+  tau[by_count] = np.where(norm > 0, s / np.where(norm > 0, norm, 1), np.nan)
+  return tau.reshape(lead)
 
 
 def order_tau(sims, positives, descriptiveness):

@@ -15,7 +15,8 @@ higher than the positive, so a tie never counts against the query:
 
 Ranks are computed on device by counting, in chunks of image rows, so no
 step holds more than `chunk x n_captions` scores: no sort, no per-query Python
-loop, and no `n_captions x n_captions` matrix.
+loop, and no `n_captions x n_captions` matrix. `numpy_ranks` is a plain
+sort-based NumPy reference with the same tie rule.
 """
 import functools
 
@@ -156,7 +157,9 @@ def ranks_from_embeddings(img_emb, txt_emb, captions_per_image=5,
 
   The similarity matrix is never whole: each step forms `chunk` image rows
   against all captions (chunk x n_cap). Pass L2-normalised embeddings for
-  cosine similarity.
+  cosine similarity. A caption's own-image score, the text->image threshold,
+  comes from a row-wise dot product computed before the sweep, so ranks agree
+  with those of the full product up to scores within rounding of it.
   """
   img, txt = jnp.asarray(img_emb), jnp.asarray(txt_emb)
   if img.ndim != 2 or txt.ndim != 2 or img.shape[1] != txt.shape[1]:
