@@ -8,6 +8,7 @@
 import ml_collections
 
 from ditm_jax import presets
+from ditm_jax.models import config_fields
 
 
 def get_config(arg=None):
@@ -24,10 +25,11 @@ def get_config(arg=None):
   c.eval_every_steps = 600  # evaluation cadence (and always at the end)
   c.checkpoint_every_steps = 300  # Orbax checkpoint cadence (and always at the end)
   c.keep_checkpoints = 2  # newest checkpoints kept (plus the best by RSUM)
-  c.export_at_end = True  # write .npy embeddings of every eval split after training
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # devices on the data axis; -1 = all visible devices
+  c.mesh.fsdp = False  # shard parameters and optimizer state over the data axis (FSDP)
+  c.mesh.fsdp_min_size = 1 << 16  # FSDP: arrays with fewer elements stay replicated
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "demo"
@@ -47,11 +49,12 @@ def get_config(arg=None):
   c.descriptiveness.normalize = "quantile"  # 'quantile' | 'minmax'
 
   c.model = ml_collections.ConfigDict()
-  c.model.image = "regions"  # image tower: regions
-  c.model.text = "bigru"  # text tower: bigru
+  c.model.image = "regions"  # image tower: regions | vit (batch "pixels")
+  c.model.text = "bigru"  # text tower: bigru | bert (WordPiece ids, model.bert_path)
   c.model.embed_dim = 256  # D of the joint space
   c.model.mlp_hidden = 128  # hidden width of the region MLP residual
   c.model.word_dim = 64  # word embedding width (bigru)
+  config_fields.add_model_fields(c)  # bert_path, vit_path, *_lr_mult, freeze_*, data.image_size
 
   c.loss = ml_collections.ConfigDict()
   c.loss.matching = "triplet"  # 'triplet' | 'infonce'
@@ -59,12 +62,17 @@ def get_config(arg=None):
   c.loss.learn_temperature = False  # learn log(tau), clipped to [0.01, 1]
   c.loss.margin = 0.2  # alpha of the triplet loss
   c.loss.max_violation = True  # hardest negative (True) or sum over negatives
+  c.loss.sum_violation_steps = 6000 // 128  # sum over negatives for this many steps first
   c.loss.relax_beta = 0.5  # beta, strength of false-negative relaxation
   c.loss.relax_temp = 0.05  # tau_r of the relaxation sigmoid
   c.loss.relax_warmup_steps = 6000 // 128  # beta rises linearly from 0 over one epoch
   c.loss.order_weight = 1.0  # lambda of the generic-to-specific ordering loss
   c.loss.order_gamma = 0.2  # gamma, margin per unit of descriptiveness gap
   c.loss.order_min_gap = 0.05  # delta, smallest descriptiveness gap that is ordered
+  # The objective as a shard_map: each device forms its rows (and columns) of S against
+  # all-gathered captions, O(B^2 K / devices) logits per device (ditm_jax/losses_sharded.py).
+  # False: the plain global form, with the gathers left to XLA. Same numbers either way.
+  c.loss.sharded = True
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3  # peak AdamW learning rate
@@ -72,9 +80,13 @@ def get_config(arg=None):
   c.optim.weight_decay = 1e-4
   c.optim.grad_clip = 2.0  # global gradient-norm clip
 
-  # Evaluations by name: metrics.jsonl keys are "<name>/<metric>".
+  # Evaluations by name, types in ditm_jax/evaluation/evaluators.py; metrics.jsonl keys are
+  # "<name>/<metric>". Each: type, split, every_steps (default eval_every_steps, 0 = only at the
+  # end), optional (True: a failure is logged and the run goes on).
   c.evals = ml_collections.ConfigDict()
   c.evals.demo_test = ml_collections.ConfigDict(dict(type="demo", split="test"))
+  # .npy embeddings of the test split in DIR/export/ at the end (and with --mode=export).
+  c.evals.export = ml_collections.ConfigDict(dict(type="export", split="test", every_steps=0))
 
   presets.apply_variant(c, values.get("variant", "ditm"))
   if "tiny" in flags:  # seconds-long smoke run, same code paths

@@ -1,18 +1,19 @@
-"""Evaluators chosen by config, metrics.jsonl / TensorBoard writing, tables and export."""
+"""The trainer's side of evaluation: embedding with the model, running the evaluators of
+`config.evals` (`evaluation/evaluators.py`) on their cadence, metrics.jsonl / TensorBoard,
+result tables, exports and plots."""
 
 import json
 import os
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 
 from ditm_jax import sharding
 from ditm_jax.data import pipeline
-from ditm_jax.evaluation import graded
-from ditm_jax.evaluation import recall
+from ditm_jax.evaluation import evaluators
+from ditm_jax.evaluation import plots
 
 
 class MetricsWriter:
@@ -30,7 +31,7 @@ class MetricsWriter:
     with tf.io.gfile.GFile(self.path) as f:
       lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
     with tf.io.gfile.GFile(self.path + ".tmp", "w") as f:
-      f.writelines(lines)
+      f.write("".join(lines))  # GFile has no writelines
     tf.io.gfile.rename(self.path + ".tmp", self.path, overwrite=True)
 
   def write(self, step, values):
@@ -44,15 +45,20 @@ class MetricsWriter:
     self._tb.flush()
 
 
-def embed_split(trainer, params, split, batch_size=500):
-  """Embeddings of every image and caption of `split`, as float32 numpy arrays."""
-  images, texts = pipeline.eval_arrays(split, trainer.config.data.max_tokens)
-  img = _batched(trainer, params, "embed_images", images, batch_size)
-  txt = _batched(trainer, params, "embed_texts", texts, batch_size)
-  return img, txt
+def text_preprocessing(config, data):
+  """How texts become tokens (for export sidecars): the vocabulary or the tokenizer's source."""
+  text, max_tokens = config.model.text, config.data.max_tokens
+  if text == "bigru":
+    return (f"bigru word vocab ({data.vocab_size} words incl. <pad> and <unk>, lowercase "
+            f"[a-z0-9]+ words, max_tokens {max_tokens})")
+  if text == "bert":
+    return (f"bert WordPiece tokenizer of {config.model.get('bert_path', '?')} "
+            f"({data.vocab_size} ids, [CLS] ... [SEP], max_tokens {max_tokens})")
+  return f"{text} tokens ({data.vocab_size} ids, max_tokens {max_tokens})"
 
 
-def _batched(trainer, params, method, arrays, batch_size):
+def _batched(trainer, params, method, arrays, batch_size=500):
+  """`model.<method>` over numpy `arrays` in fixed-shape chunks; float32 numpy out."""
   fns = trainer.__dict__.setdefault("_embed_fns", {})
   if method not in fns:
     model = trainer.model
@@ -75,80 +81,142 @@ def _batched(trainer, params, method, arrays, batch_size):
   return np.concatenate(out).astype(np.float32)
 
 
-def demo_metrics(img, txt, split, relevance, k=10):
-  """Standard 1K recall plus graded metrics from the demo's ground truth."""
-  sims = np.asarray(jnp.asarray(img) @ jnp.asarray(txt).T)
-  out = recall.i2t_t2i(sims, captions_per_image=split.captions_per_image)
-  out["i2t_ndcg10"] = graded.ndcg_at_k(sims, relevance, k=k)
-  out["t2i_ndcg10"] = graded.ndcg_at_k(sims.T, relevance.T, k=k)
-  out["order_tau"] = graded.order_tau(sims, relevance > 0, split.desc)
-  return out
+def embed_texts(trainer, params, texts):
+  """(N, D) float32 embeddings of arbitrary strings through the model's text tower."""
+  texts = list(texts)
+  if not texts:
+    raise ValueError("no texts to embed")
+  max_tokens = trainer.config.data.max_tokens
+  tokens, lengths = trainer.data.encode_text(texts)
+  tokens, lengths = np.asarray(tokens)[:, :max_tokens], np.minimum(lengths, max_tokens)
+  arrays = {"tokens": tokens.astype(np.int32),
+            "token_mask": np.arange(tokens.shape[1])[None, :] < lengths[:, None]}
+  return _batched(trainer, params, "embed_texts", arrays)
+
+
+class Embedder:
+  """The model at fixed parameters, as evaluators see it (see `evaluation.evaluators`).
+
+  Split embeddings are computed once per Embedder; `memo` values outlive it when the
+  caller passes the same `memo` dict (the Evaluator does, across training steps).
+  """
+
+  def __init__(self, trainer, params, step, memo=None):
+    self.trainer, self.params, self.step = trainer, params, int(step)
+    self.config, self.data, self.workdir = trainer.config, trainer.data, trainer.workdir
+    self.is_main = jax.process_index() == 0
+    self._memo = {} if memo is None else memo
+    self._cache = {}
+
+  @property
+  def text_preprocessing(self):
+    return text_preprocessing(self.config, self.data)
+
+  def memo(self, key, fn):
+    if key not in self._memo:
+      self._memo[key] = fn()
+    return self._memo[key]
+
+  def split(self, name):
+    if name not in self.data.splits:
+      raise ValueError(f"evaluation split {name!r} is not in the data "
+                       f"(have {sorted(self.data.splits)})")
+    return self.data.splits[name]
+
+  def _embed(self, name, index):
+    if (name, index) not in self._cache:
+      arrays = pipeline.eval_arrays(self.split(name), self.config.data.max_tokens)[index]
+      method = ("embed_images", "embed_texts")[index]
+      self._cache[name, index] = _batched(self.trainer, self.params, method, arrays)
+    return self._cache[name, index]
+
+  def embed_images(self, name):
+    return self._embed(name, 0)
+
+  def embed_captions(self, name):
+    return self._embed(name, 1)
+
+  def embed_texts(self, texts):
+    return embed_texts(self.trainer, self.params, texts)
+
+
+def _default_exports(named_specs):
+  """One end-of-run export per split that a metric evaluator uses."""
+  return {f"export_{split}": {"type": "export", "split": split, "every_steps": 0}
+          for split in sorted({s["split"] for s in named_specs.values()})}
 
 
 class Evaluator:
-  """Runs every evaluation in `config.evals`; records results in metrics.jsonl."""
+  """Runs the evaluators of `config.evals` (see `evaluation.evaluators`) for a trainer.
 
-  def __init__(self, trainer):
+  `which`: 'all' (training), 'metrics' (--mode=eval) or 'exports' (--mode=export; when the
+  config lists no export, every split a metric evaluator uses is exported).
+  """
+
+  def __init__(self, trainer, which="all"):
     self.trainer = trainer
-    self.last_results = None
-    self._relevance = {}
+    config = trainer.config
+    named = evaluators.specs(config)
+    for name, spec in list(named.items()):
+      if spec["split"] not in trainer.data.splits:
+        problem = (f"evaluation {name!r}: split {spec['split']!r} is not in the data "
+                   f"(have {sorted(trainer.data.splits)})")
+        if not spec.get("optional", False):
+          raise ValueError(problem)
+        logging.error("%s; skipped (optional)", problem)
+        if trainer.is_main:
+          print(f"{problem}; skipped (optional)", flush=True)
+        del named[name]
+    exports = {n: s for n, s in named.items() if s["type"] == "export"}
+    metrics = {n: s for n, s in named.items() if s["type"] != "export"}
+    if not exports and (which == "exports" or config.get("export_at_end", False)):
+      exports = _default_exports(metrics)
+    self.specs = {"all": {**metrics, **exports}, "metrics": metrics, "exports": exports}[which]
+    self.latest = {}  # the latest value of every metric
+    self.embedder = None  # the Embedder of the latest run
+    self._memo = {}
 
-  def run(self, params, step, write=True):
-    results = {}
-    for name, spec in sorted(self.trainer.config.evals.items()):
-      try:
-        metrics = self._run_one(params, spec)
-      except Exception as e:  # pylint: disable=broad-except
-        if spec.get("optional", False):
-          logging.error("Evaluation %s failed: %s", name, e)
-          print(f"evaluation {name} failed (optional, training goes on): {e}", flush=True)
-          continue
-        raise
-      results.update({f"{name}/{k}": float(v) for k, v in metrics.items()})
-    if write:
+  def due(self, step, final=False):
+    """Names of the evaluators that run at training step `step`."""
+    return [n for n, s in self.specs.items()
+            if evaluators.is_due(s, self.trainer.config, step, final)]
+
+  def run(self, params, step, names=None, write=True):
+    """Runs `names` (default: all) at `params`; writes a metrics.jsonl line when `write`."""
+    names = list(self.specs) if names is None else names
+    self.embedder = Embedder(self.trainer, params, step, self._memo)
+    results = evaluators.run({n: self.specs[n] for n in names}, self.embedder)
+    if write and results:
       self.trainer.writer.write(step, results)
-    self.last_results = results
+    self.latest.update(results)
     return results
 
-  def _run_one(self, params, spec):
-    data = self.trainer.data
-    if spec.split not in data.splits:
-      raise ValueError(f"evaluation split {spec.split!r} is not in the data "
-                       f"(have {sorted(data.splits)})")
-    split = data.splits[spec.split]
-    img, txt = embed_split(self.trainer, params, split)
-    if spec.type == "demo":
-      if spec.split not in self._relevance:
-        self._relevance[spec.split] = data.relevance[spec.split]()
-      return demo_metrics(img, txt, split, self._relevance[spec.split])
-    if spec.type == "recall":
-      return recall.i2t_t2i(np.asarray(jnp.asarray(img) @ jnp.asarray(txt).T),
-                            captions_per_image=split.captions_per_image,
-                            fold5=spec.get("fold5", False))
-    raise ValueError(f"evaluation type {spec.type!r} is not known; use 'demo' or 'recall'")
 
-
-_TABLE_COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum",
-                  "i2t_ndcg10", "t2i_ndcg10", "order_tau")
+_RECALLS = tuple(f"{d}_r{k}" for d in ("i2t", "t2i", "t2t", "i2i") for k in (1, 5, 10))
+_TABLE_COLUMNS = _RECALLS + ("rsum", "i2t_ndcg10", "t2i_ndcg10", "order_tau", "sits_spearman",
+                             "sts_spearman", "sis_spearman", "precision", "recall", "d_corr")
 
 
 def table(results_by_run):
-  """Markdown table: one row per (run, evaluation), standard then graded metrics."""
-  present = [c for c in _TABLE_COLUMNS
-             if any(k.endswith("/" + c) for r in results_by_run.values() for k in r)]
-  lines = ["| run | eval | " + " | ".join(present) + " |",
-           "|---|---|" + "---:|" * len(present)]
+  """Markdown: a row per (run, evaluation); evaluations with the same columns share a table.
+
+  Recalls and rsum are percentages with one decimal, other metrics fractions with three.
+  """
+  rows = {}  # columns -> table rows
   for run, results in results_by_run.items():
     for ev in sorted({k.split("/")[0] for k in results}):
-      cells = [_fmt(results.get(f"{ev}/{c}")) for c in present]
-      lines.append(f"| {run} | {ev} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+      columns = tuple(c for c in _TABLE_COLUMNS if f"{ev}/{c}" in results)
+      if columns:
+        cells = [_fmt(c, results[f"{ev}/{c}"]) for c in columns]
+        rows.setdefault(columns, []).append(f"| {run} | {ev} | " + " | ".join(cells) + " |")
+  tables = ["\n".join(["| run | eval | " + " | ".join(columns) + " |",
+                       "|---|---|" + "---:|" * len(columns), *lines])
+            for columns, lines in rows.items()]
+  return "\n\n".join(tables)
 
 
-def _fmt(v):
-  if v is None:
-    return "-"
-  return f"{v:.3f}" if abs(v) < 1.5 else f"{v:.1f}"
+def _fmt(column, value):
+  return f"{value:.1f}" if column in _RECALLS or column == "rsum" else f"{value:.3f}"
 
 
 def print_table(results, run="this run"):
@@ -156,36 +224,53 @@ def print_table(results, run="this run"):
     print(table({run: results}), flush=True)
 
 
+def write_results(workdir, step, results):
+  """`DIR/eval_results.json` ({"step", "<eval>/<metric>": value}) and the table as `.md`."""
+  if jax.process_index() != 0:
+    return
+  with tf.io.gfile.GFile(os.path.join(workdir, "eval_results.json"), "w") as f:
+    json.dump({"step": int(step), **results}, f, indent=1)
+  with tf.io.gfile.GFile(os.path.join(workdir, "eval_results.md"), "w") as f:
+    f.write(f"Evaluation at step {int(step)}\n\n{table({'this run': results})}\n")
+
+
 def export(trainer, params, step):
-  """Writes float32 .npy embeddings, ids and caption texts of every evaluated split."""
-  out_dir = os.path.join(trainer.workdir, "export")
-  written = []
-  for split_name in sorted({spec.split for spec in trainer.config.evals.values()}):
-    split = trainer.data.splits[split_name]
-    img, txt = embed_split(trainer, params, split)
+  """Runs the export evaluators (`Evaluator(which='exports')`); returns the export folder."""
+  evaluator = Evaluator(trainer, which="exports")
+  evaluator.run(params, step, write=False)
+  return os.path.join(trainer.workdir, "export")
+
+
+def write_plots(trainer, embedder):
+  """`DIR/plots/`: training_curves.png and, on the demo, retrieval_examples.png.
+
+  Pictures never stop a run: a failure is logged. `embedder` (the latest evaluation's)
+  supplies the demo embeddings; every process embeds, process 0 draws.
+  """
+  out_dir = os.path.join(trainer.workdir, "plots")
+  try:
+    demo_split = next((s["split"] for s in evaluators.specs(trainer.config).values()
+                       if s["type"] == "demo" and s["split"] in trainer.data.splits), None)
+    grid = None
+    if embedder is not None and demo_split is not None and trainer.data.scenes:
+      split = trainer.data.splits[demo_split]
+      img = embedder.embed_images(demo_split)
+      txt = embedder.embed_captions(demo_split)
+      truth = embedder.memo(("relevance", demo_split), trainer.data.relevance[demo_split]) > 0
+      cpi = split.captions_per_image
+      grid = plots.retrieval_grid(trainer.data.scenes[demo_split], split.captions, img @ txt.T,
+                                  truth, plots.demo_queries(split.num_images, cpi),
+                                  split.image_ids, cpi)
     if jax.process_index() != 0:
-      continue
-    tf.io.gfile.makedirs(out_dir)
-    files = {
-        f"{split_name}_images.npy": img,
-        f"{split_name}_captions.npy": txt,
-        f"{split_name}_image_ids.npy": split.image_ids.astype(np.int64),
-        f"{split_name}_caption_image_ids.npy":
-            np.repeat(split.image_ids, split.captions_per_image).astype(np.int64),
-    }
-    for name, arr in files.items():
-      with tf.io.gfile.GFile(os.path.join(out_dir, name), "wb") as f:
-        np.save(f, arr)
-    with tf.io.gfile.GFile(os.path.join(out_dir, f"{split_name}_captions.txt"), "w") as f:
-      f.write("\n".join(c.replace("\n", " ") for c in split.captions) + "\n")
-    meta = {"step": step, "split": split_name, "embed_dim": int(img.shape[1]),
-            "num_images": int(img.shape[0]), "num_captions": int(txt.shape[0]),
-            "captions_per_image": split.captions_per_image,
-            "text_preprocessing": trainer.config.model.text,
-            "config": json.loads(trainer.config.to_json())}
-    with tf.io.gfile.GFile(os.path.join(out_dir, f"{split_name}_export.json"), "w") as f:
-      json.dump(meta, f, indent=1)
-    written.append(split_name)
-  if jax.process_index() == 0:
-    print(f"Exported embeddings of {', '.join(written)} (step {step}) to {out_dir}", flush=True)
-  return out_dir
+      return
+    rows = []
+    if tf.io.gfile.exists(trainer.writer.path):
+      with tf.io.gfile.GFile(trainer.writer.path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    plots.save(plots.training_curves(rows), os.path.join(out_dir, "training_curves.png"))
+    if grid is not None:
+      plots.save(grid, os.path.join(out_dir, "retrieval_examples.png"))
+    print(f"Plots written to {out_dir}", flush=True)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.error("Writing plots to %s failed: %s", out_dir, e)
+    print(f"warning: writing plots to {out_dir} failed: {e}", flush=True)

@@ -68,16 +68,129 @@ def relaxation(S: jax.Array, P: jax.Array, d: jax.Array, beta,
   return jax.lax.stop_gradient((r, r_prime))
 
 
+# ---- Row views: the terms over a block of rows, shared by the plain and the sharded form.
+#
+# A row view is X (R, N), a block of rows of S (image->text) or of S.T (text->image), with
+# its positive mask `pos` (R, N) and each row's own positives: the m columns
+# own_start[l] .. own_start[l] + m - 1 (an image's K captions, or a caption's image).
+# The plain form passes all of S; the sharded form (ditm_jax.losses_sharded) passes one
+# device's rows. When every row's positives are exactly its own columns (no image twice
+# in the batch) the terms cost O(R m N); otherwise an exact path pairs every column with
+# every column, O(R N^2) time in blocks of the same O(R m N) memory.
+
+
+def _masked_reduce(values, mask, axis, max_violation):
+  """Max (0 over an empty set) or sum of `values` where `mask`, along axis."""
+  if max_violation:
+    best = jnp.max(jnp.where(mask, values, -jnp.inf), axis)
+    return jnp.where(jnp.any(mask, axis), best, 0.0)
+  return jnp.sum(jnp.where(mask, values, 0.0), axis)
+
+
+def _only_own(pos, own_start, m):
+  """Whether each row's positives are exactly its m own columns."""
+  cols = jnp.arange(pos.shape[1])[None, :]
+  own = (cols >= own_start[:, None]) & (cols < own_start[:, None] + m)
+  return jnp.all(pos == own)
+
+
+def _own_columns(X, own_start, m):
+  """Each row's own columns (R, m) and their values in X."""
+  idx = own_start[:, None] + jnp.arange(m)[None, :]
+  return idx, jnp.take_along_axis(X, idx, 1)
+
+
+def _zero(x, dtype=None):
+  """A scalar 0 typed like `x` (inside a shard_map: varying over the same mesh axes)."""
+  return jnp.zeros_like(x, dtype=dtype, shape=())
+
+
+def _chunked_sum(fn, cols, m, init):
+  """Sum of fn(start, c) over the column blocks [start, start + c) of `cols` columns.
+
+  c is the largest divisor of cols up to m, so a block's (R, c, N) temporaries are no
+  larger than the (R, m, N) of the own-columns path. Each block is rematerialised in the
+  backward pass, so memory stays at one block.
+  """
+  c = max(v for v in range(1, min(m, cols) + 1) if cols % v == 0)
+  body = lambda total, start: (jax.tree.map(jnp.add, total, fn(start, c)), None)
+  total, _ = jax.lax.scan(jax.checkpoint(body), init, jnp.arange(0, cols, c))
+  return total
+
+
+def _cols(start, size, *arrays):
+  return [jax.lax.dynamic_slice_in_dim(a, start, size, a.ndim - 1) for a in arrays]
+
+
+def row_hardest(X, pos, weight, own_start, m, margin, max_violation):
+  """Sum over positives (l, p) of: reduce over negatives n of w[l, n] [α + X[l, n] - X[l, p]]+.
+
+  `weight` (R, N) is 1 - r (or 1 - r'); reduce is max (`max_violation`) or sum.
+  """
+  neg = ~pos
+
+  def per_positive(x_pos):  # x_pos (R, c): X[l, p] of c positives per row -> (R, c)
+    cost = weight[:, None, :] * jax.nn.relu(margin + X[:, None, :] - x_pos[:, :, None])
+    if not max_violation:
+      return _masked_reduce(cost, neg[:, None, :], 2, False)
+    # The hardest negative n* without gradient, then the cost at n*: the same value, and
+    # a backward pass that touches (R, c) entries instead of (R, c, N).
+    hardest = jnp.argmax(jnp.where(neg[:, None, :], jax.lax.stop_gradient(cost), -jnp.inf), 2)
+    at = lambda a: jnp.take_along_axis(a, hardest, 1)
+    value = at(weight) * jax.nn.relu(margin + at(X) - x_pos)
+    return jnp.where(jnp.any(neg, 1, keepdims=True), value, 0.0)
+
+  def own():
+    return jnp.sum(per_positive(_own_columns(X, own_start, m)[1]))
+
+  def every():
+    def block(start, c):
+      x_pos, p_pos = _cols(start, c, X, pos)
+      return jnp.sum(jnp.where(p_pos, per_positive(x_pos), 0.0))
+    return _chunked_sum(block, X.shape[1], m, _zero(X))
+
+  return jax.lax.cond(_only_own(pos, own_start, m), own, every)
+
+
+def row_ordering(X, pos, d, own_start, m, gamma, min_gap):
+  """(sum of [γ (d[b] - d[a]) - (X[l, b] - X[l, a])]+, number of pairs) over the rows.
+
+  Pairs: a, b both positives of row l with d[b] - d[a] > δ; `d` (N,) is per column.
+  """
+  d = d.astype(X.dtype)
+
+  def pairs(x_a, d_a, pos_a, x_b, d_b, pos_b):  # axes (l, a, b)
+    gap = d_b[..., None, :] - d_a[..., :, None]
+    eligible = pos_a[:, :, None] & pos_b[:, None, :] & (gap > min_gap)
+    hinge = jax.nn.relu(gamma * gap - (x_b[:, None, :] - x_a[:, :, None]))
+    return jnp.sum(jnp.where(eligible, hinge, 0.0)), jnp.sum(eligible)
+
+  def own():
+    idx, x = _own_columns(X, own_start, m)
+    valid = jnp.ones(idx.shape, bool)
+    return pairs(x, d[idx], valid, x, d[idx], valid)
+
+  def every():
+    def block(start, c):
+      x_b, p_b, d_b = _cols(start, c, X, pos, d[None, :])
+      return pairs(X, d[None, :], pos, x_b, d_b, p_b)
+    return _chunked_sum(block, X.shape[1], m, (_zero(X), _zero(X, jnp.int32)))
+
+  return jax.lax.cond(_only_own(pos, own_start, m), own, every)
+
+
+def row_infonce(X, pos, r, temperature):
+  """Sum over rows of CE(softmax(X[l] / τ), (pos + r)[l] normalised)."""
+  y = pos.astype(X.dtype) + r
+  y = y / jnp.sum(y, 1, keepdims=True)
+  return -jnp.sum(y * jax.nn.log_softmax(X / temperature, 1))
+
+
 def _infonce_terms(S, P, r, r_prime, temperature):
   """(L_i2t, L_t2i) of soft-target InfoNCE."""
-  pos = P.astype(S.dtype)
-  logits = S / temperature
-  y = pos + r  # Y = P + r, normalised per row
-  y = y / jnp.sum(y, 1, keepdims=True)
-  i2t = -jnp.mean(jnp.sum(y * jax.nn.log_softmax(logits, 1), 1))
-  y = pos + r_prime  # Y' = P + r', normalised per column
-  y = y / jnp.sum(y, 0, keepdims=True)
-  t2i = -jnp.mean(jnp.sum(y * jax.nn.log_softmax(logits, 0), 0))
+  P = P.astype(bool)
+  i2t = row_infonce(S, P, r, temperature) / S.shape[0]
+  t2i = row_infonce(S.T, P.T, r_prime.T, temperature) / S.shape[1]
   return i2t, t2i
 
 
@@ -93,31 +206,16 @@ def infonce_loss(S: jax.Array, P: jax.Array, r: jax.Array,
   return i2t + t2i
 
 
-def _masked_reduce(values, mask, axis, max_violation):
-  """Max (0 over an empty set) or sum of `values` where `mask`, along axis."""
-  if max_violation:
-    best = jnp.max(jnp.where(mask, values, -jnp.inf), axis)
-    return jnp.where(jnp.any(mask, axis), best, 0.0)
-  return jnp.sum(jnp.where(mask, values, 0.0), axis)
-
-
 def _triplet_terms(S, P, r, r_prime, margin, max_violation):
-  """(L_i2t, L_t2i) of the triplet loss, each summed over positives (i, p).
-
-  Memory is O(B (B K)^2): every (i, p) is paired with every n in row i.
-  """
+  """(L_i2t, L_t2i) of the triplet loss, each summed over positives (i, p)."""
   P = P.astype(bool)
-  neg = ~P
-  # i2t, axes (i, p, n): (1 - r[i, n]) [α + S[i, n] - S[i, p]]+, max over n.
-  hinge = jax.nn.relu(margin + S[:, None, :] - S[:, :, None])
-  cost = (1.0 - r)[:, None, :] * hinge
-  per_pos = _masked_reduce(cost, neg[:, None, :], 2, max_violation)
-  i2t = jnp.sum(jnp.where(P, per_pos, 0.0))
-  # t2i, axes (i, j, p): (1 - r'[j, p]) [α + S[j, p] - S[i, p]]+, max over j.
-  hinge = jax.nn.relu(margin + S[None, :, :] - S[:, None, :])
-  cost = (1.0 - r_prime)[None, :, :] * hinge
-  per_pos = _masked_reduce(cost, neg[None, :, :], 1, max_violation)
-  t2i = jnp.sum(jnp.where(P, per_pos, 0.0))
+  b, bk = S.shape
+  k = _captions_per_image(S)
+  # i2t, rows i of S: (1 - r[i, n]) [α + S[i, n] - S[i, p]]+, max over n.
+  i2t = row_hardest(S, P, 1.0 - r, jnp.arange(b) * k, k, margin, max_violation)
+  # t2i, rows p of S.T: (1 - r'[j, p]) [α + S[j, p] - S[i, p]]+, max over j.
+  t2i = row_hardest(S.T, P.T, (1.0 - r_prime).T, jnp.arange(bk) // k, 1, margin,
+                    max_violation)
   return i2t, t2i
 
 
@@ -138,14 +236,9 @@ def triplet_loss(S: jax.Array, P: jax.Array, r: jax.Array,
 
 def _ordering_terms(S, P, d, gamma, min_gap):
   """(mean hinge over eligible pairs, number of eligible pairs)."""
-  P = P.astype(bool)
-  d = d.astype(S.dtype)
-  gap = d[None, :] - d[:, None]  # d[b] - d[a], axes (a, b)
-  # Axes (i, a, b): a and b both positives of image i, d[b] - d[a] > δ.
-  eligible = P[:, :, None] & P[:, None, :] & (gap > min_gap)[None]
-  hinge = jax.nn.relu(gamma * gap[None] - (S[:, None, :] - S[:, :, None]))
-  count = jnp.sum(eligible)
-  total = jnp.sum(jnp.where(eligible, hinge, 0.0))
+  k = _captions_per_image(S)
+  total, count = row_ordering(S, P.astype(bool), d, jnp.arange(S.shape[0]) * k, k, gamma,
+                              min_gap)
   return total / jnp.maximum(count, 1).astype(S.dtype), count
 
 
@@ -155,7 +248,7 @@ def ordering_loss(S: jax.Array, P: jax.Array, d: jax.Array, gamma,
   """Generic-to-specific ordering: mean [γ (d[b]-d[a]) - (S[i,b] - S[i,a])]+.
 
   Over every image i and pair (a, b) of its positives with d[b] - d[a] > δ;
-  0 when there is no such pair. Memory is O(B (B K)^2).
+  0 when there is no such pair.
   """
   return _ordering_terms(S, P, d, gamma, min_gap)[0]
 
@@ -170,11 +263,12 @@ def ramp(step, warmup_steps) -> jax.Array:
 
 
 @functools.partial(jax.jit,
-                   static_argnames=("matching", "max_violation"))
+                   static_argnames=("matching", "max_violation", "sum_violation_steps"))
 def objective(img: jax.Array, txt: jax.Array, img_ids: jax.Array,
               d: jax.Array, *, matching: str, temperature, margin,
               max_violation: bool, beta, relax_temp, order_weight, order_gamma,
-              order_min_gap, step, relax_warmup_steps
+              order_min_gap, step, relax_warmup_steps,
+              sum_violation_steps=0
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Total L = L_match + λ s L_ord (s = B for 'triplet', 1 for 'infonce').
 
@@ -194,6 +288,9 @@ def objective(img: jax.Array, txt: jax.Array, img_ids: jax.Array,
     order_min_gap: δ, smallest gap d[b] - d[a] that forms a pair.
     step: training step, for the warm-up of β.
     relax_warmup_steps: steps over which β rises linearly from 0.
+    sum_violation_steps: with `max_violation`, the triplet loss sums over
+      negatives for steps < this before taking the hardest (VSE-infinity's
+      first-epoch warm-up); 0 takes the hardest from the start.
 
   Returns:
     (L, terms): terms holds scalars 'loss', 'match', 'i2t', 't2i', 'order',
@@ -215,7 +312,12 @@ def objective(img: jax.Array, txt: jax.Array, img_ids: jax.Array,
     i2t, t2i = _infonce_terms(S, P, r, r_prime, temperature)
     scale = 1.0
   else:
-    i2t, t2i = _triplet_terms(S, P, r, r_prime, margin, max_violation)
+    terms = lambda hardest: _triplet_terms(S, P, r, r_prime, margin, hardest)
+    if max_violation and sum_violation_steps:
+      i2t, t2i = jax.lax.cond(step < sum_violation_steps,
+                              lambda: terms(False), lambda: terms(True))
+    else:
+      i2t, t2i = terms(max_violation)
     scale = float(b)
   order, pairs = _ordering_terms(S, P, d, order_gamma, order_min_gap)
   match = i2t + t2i

@@ -1,7 +1,14 @@
 """Entry point: parse flags, start distributed JAX when asked, hand over to the trainer.
 
   python -m ditm_jax.main --config=configs/demo.py --workdir=DIR [--mode=train|eval|export]
-      [--config.<field>=<value> ...]
+      [--step=N] [--config.<field>=<value> ...]
+
+--step picks the checkpoint that eval and export use (default: the latest).
+
+  python -m ditm_jax.main --config=configs/coco.py --mode=prepare \
+      --config.data.raw_dir=RAW --config.data.dir=PREPARED
+
+prepares raw data for training (ditm_jax.data.prepare); it needs no --workdir.
 """
 
 import os
@@ -19,24 +26,53 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py:variant=ditm.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and exports.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "export"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "export", "prepare"], "What to run.")
+flags.DEFINE_integer("step", None, "Checkpoint step for --mode=eval/export (default: latest).")
+
+
+def _exit_with(message):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(1)
 
 
 def _maybe_initialize_distributed():
-  """jax.distributed.initialize from DITM_* variables, before anything else touches JAX."""
+  """jax.distributed.initialize when the launch asks for it, before anything else touches JAX.
+
+  DITM_COORDINATOR_ADDRESS (host:port), DITM_NUM_PROCESSES and DITM_PROCESS_ID give the
+  processes explicitly; DITM_DISTRIBUTED=auto lets JAX detect them (Cloud TPU, SLURM).
+  Neither set: one process.
+  """
   address = os.environ.get("DITM_COORDINATOR_ADDRESS")
-  if not address:
+  auto = os.environ.get("DITM_DISTRIBUTED", "")
+  if not address and not auto:
     return
+  if auto and auto != "auto":
+    _exit_with(f"DITM_DISTRIBUTED={auto!r}: the only value is 'auto'")
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_cpu_collectives_implementation", "gloo")  # used on CPU only
-  jax.distributed.initialize(coordinator_address=address,
-                             num_processes=int(os.environ["DITM_NUM_PROCESSES"]),
-                             process_id=int(os.environ["DITM_PROCESS_ID"]))
+  if address:
+    missing = [v for v in ("DITM_NUM_PROCESSES", "DITM_PROCESS_ID") if v not in os.environ]
+    if missing:
+      _exit_with(f"DITM_COORDINATOR_ADDRESS is set but {', '.join(missing)} is not; set all "
+                 "three, or DITM_DISTRIBUTED=auto")
+    jax.distributed.initialize(coordinator_address=address,
+                               num_processes=int(os.environ["DITM_NUM_PROCESSES"]),
+                               process_id=int(os.environ["DITM_PROCESS_ID"]))
+  else:
+    jax.distributed.initialize()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if FLAGS.mode == "prepare":  # no workdir, no JAX
+    from ditm_jax.data import prepare  # pylint: disable=g-import-not-at-top
+    try:
+      prepare.run(FLAGS.config)
+    except (ValueError, OSError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+    return
   if FLAGS.workdir is None:
     raise app.UsageError("--workdir is required")
   logging.set_verbosity(logging.WARNING)  # progress lines come from the trainer
@@ -44,17 +80,25 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")  # TensorFlow only feeds data
   from ditm_jax import train  # pylint: disable=g-import-not-at-top
+  from ditm_jax import preemption  # pylint: disable=g-import-not-at-top
   try:
-    train.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    train.run(FLAGS.config, FLAGS.workdir, FLAGS.mode, step=FLAGS.step)
   except (train.UserError, ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except preemption.Preempted as e:  # resumable: status 143, see ditm_jax/preemption.py
+    print(str(e), file=sys.stderr)
+    sys.exit(preemption.EXIT_CODE)
 
 
 def parse_flags(argv):
   """absl flag parsing, with a config that fails to load reported in one line."""
   try:
     rest = FLAGS(argv)
+  except (AttributeError, KeyError, TypeError) as e:  # --config.<unknown field>=...
+    print(f"error: a --config.<field> override names no field of the config ({e}); "
+          "check the spelling against the config file", file=sys.stderr)
+    sys.exit(1)
   except flags.Error as e:
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     flag = lines[0].split(":")[0] if lines else "flags"

@@ -1,7 +1,6 @@
 """The one trainer: train, evaluate and export, all driven by an ml_collections config."""
 
 import functools
-import json
 import math
 import time
 from typing import Any
@@ -10,6 +9,7 @@ from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -17,9 +17,10 @@ import tensorflow as tf
 
 from ditm_jax import evaluate as evaluate_lib
 from ditm_jax import losses
+from ditm_jax import losses_sharded
+from ditm_jax import preemption
 from ditm_jax import sharding
 from ditm_jax.data import datasets
-from ditm_jax.data import pipeline
 from ditm_jax.models import model as model_lib
 
 
@@ -44,7 +45,8 @@ def loss_kwargs(config):
   return dict(matching=l.matching, margin=l.margin, max_violation=l.max_violation,
               beta=l.relax_beta, relax_temp=l.relax_temp, order_weight=l.order_weight,
               order_gamma=l.order_gamma, order_min_gap=l.order_min_gap,
-              relax_warmup_steps=l.relax_warmup_steps)
+              relax_warmup_steps=l.relax_warmup_steps,
+              sum_violation_steps=l.sum_violation_steps)
 
 
 def temperature(config, log_temperature):
@@ -55,32 +57,94 @@ def temperature(config, log_temperature):
 
 
 def param_labels(config, params):
-  """Optimizer group of every parameter: 'default' or 'frozen'."""
+  """Optimizer group of every parameter: 'default', 'text_backbone', 'image_backbone', 'frozen'.
+
+  Pretrained backbones (`model_lib.BACKBONES`) get their own learning rate, or are 'frozen' by
+  `config.model.freeze_text_backbone` / `freeze_image_backbone`.
+  """
+  m = config.model
+  frozen = {"text_backbone": m.get("freeze_text_backbone", False),
+            "image_backbone": m.get("freeze_image_backbone", False)}
+
   def label(path, _):
-    name = "/".join(str(getattr(p, "key", p)) for p in path)
-    if name.endswith("log_temperature") and not config.loss.learn_temperature:
+    keys = tuple(str(getattr(p, "key", p)) for p in path)
+    if keys[-1] == "log_temperature" and not config.loss.learn_temperature:
       return "frozen"
-    return "default"
+    group = model_lib.backbone_group(keys)
+    if group is None:
+      return "default"
+    return "frozen" if frozen[group] else group
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-def make_optimizer(config):
+def lr_schedule(config):
+  """Learning rate by step: linear warm-up, then `optim.schedule`.
+
+  'cosine': cosine decay to 0 at total_steps. 'step': constant, times `optim.decay_factor`
+  from each step in `optim.decay_steps` on (VSE-infinity: x0.1 from epoch 15).
+  """
   o = config.optim
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, o.lr, warmup_steps=max(o.warmup_steps, 1), decay_steps=max(config.total_steps, 2))
-  adamw = optax.chain(optax.clip_by_global_norm(o.grad_clip),
-                      optax.adamw(schedule, weight_decay=o.weight_decay))
-  return optax.multi_transform({"default": adamw, "frozen": optax.set_to_zero()},
-                               functools.partial(param_labels, config))
+  kind = o.get("schedule", "cosine")
+  if kind == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        0.0, o.lr, warmup_steps=max(o.warmup_steps, 1), decay_steps=max(config.total_steps, 2))
+  if kind == "step":
+    constant = optax.piecewise_constant_schedule(
+        o.lr, {max(int(s) - o.warmup_steps, 0): o.decay_factor for s in o.decay_steps})
+    if not o.warmup_steps:
+      return constant
+    return optax.join_schedules([optax.linear_schedule(0.0, o.lr, o.warmup_steps), constant],
+                                [o.warmup_steps])
+  raise UserError(f"config.optim.schedule={kind!r} is not known; use 'cosine' or 'step'")
 
 
-def train_step(state, batch, *, model, tx, config):
-  """One optimisation step: (state, global batch) -> (state, metrics). Pure."""
+def make_optimizer(config):
+  """AdamW with warm-up + cosine decay; backbones at lr x model.{text,image}_lr_mult.
+
+  Frozen parameters get zero gradients before the global-norm clip and zero updates (no
+  weight decay), so the clip sees the trainable parameters only.
+  """
+  o, m = config.optim, config.model
+  schedule = lr_schedule(config)
+  lr_mult = {"default": 1.0, "text_backbone": m.get("text_lr_mult", 1.0),
+             "image_backbone": m.get("image_lr_mult", 1.0)}
+
+  def adamw(mult):
+    lr = schedule if mult == 1.0 else (lambda step: mult * schedule(step))
+    return optax.adamw(lr, weight_decay=o.weight_decay)
+
+  labels = functools.partial(param_labels, config)
+  is_frozen = lambda tree: jax.tree.map(lambda l: l == "frozen", labels(tree))
+  groups = {name: adamw(mult) for name, mult in lr_mult.items()}
+  groups["frozen"] = optax.set_to_zero()
+  return optax.chain(optax.masked(optax.set_to_zero(), is_frozen),
+                     optax.clip_by_global_norm(o.grad_clip),
+                     optax.multi_transform(groups, labels))
+
+
+def train_step(state, batch, *, model, tx, config, mesh=None):
+  """One optimisation step: (state, global batch) -> (state, metrics). Pure.
+
+  With a `mesh`, each device embeds its rows of the batch (`sharding.data_parallel`) and
+  the objective is the shard_map form (`losses_sharded`) when `config.loss.sharded`, else
+  the plain global form.
+  """
+  objective = losses.objective
+  if mesh is not None and config.loss.get("sharded", False):
+    objective = functools.partial(losses_sharded.objective, mesh=mesh, axis=sharding.DATA)
+
+  def embed(params, batch):
+    img, txt, _ = model.apply({"params": params}, batch)
+    return img, txt
+  if mesh is not None:  # each device embeds its rows; one gradient reduction at the end
+    embed = sharding.data_parallel(embed, mesh, state.params, config,
+                                   out_specs=(P(sharding.DATA), P(sharding.DATA)))
+
   def loss_fn(params):
-    img, txt, log_t = model.apply({"params": params}, batch)
-    return losses.objective(img, txt, batch["image_ids"], batch["desc"],
-                            temperature=temperature(config, log_t), step=state.step,
-                            **loss_kwargs(config))
+    img, txt = embed(params, batch)
+    return objective(img, txt, batch["image_ids"], batch["desc"],
+                     temperature=temperature(config, params["log_temperature"]),
+                     step=state.step, **loss_kwargs(config))
 
   (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -126,13 +190,7 @@ class Trainer:
 
   # ---------------------------------------------------------------- state
   def _example_batch(self):
-    images, slots = pipeline.sample(0, 0, self.data.train.num_images, self.num_devices,
-                                    self.data.train.captions_per_image,
-                                    self.config.data.captions_per_image)
-    keep = pipeline.region_keep_mask(0, 0, self.num_devices,
-                                     self.data.train.features.shape[1], 0.0)
-    return pipeline.make_batch(self.data.train, images, slots, keep,
-                               max_tokens=self.config.data.max_tokens)
+    return self.data.train.example_batch(self.config, self.num_devices)
 
   def _abstract_state(self):
     example = jax.tree.map(jnp.asarray, self._example_batch())
@@ -147,7 +205,12 @@ class Trainer:
     return shardings, jax.jit(init, out_shardings=shardings)
 
   def initial_state(self):
-    return self._init(jax.random.key(self.config.seed))
+    """Random init, then any pretrained backbones copied in (in the state's shardings)."""
+    state = self._init(jax.random.key(self.config.seed))
+    pretrained = model_lib.pretrained_params(self.config)
+    if not pretrained:
+      return state
+    return state.replace(params=model_lib.merge_pretrained(state.params, pretrained))
 
   def restore(self, step=None, manager=None):
     """The state at `step` (default: latest) or None when there is no checkpoint."""
@@ -157,7 +220,7 @@ class Trainer:
       return None
     abstract = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        jax.eval_shape(self.initial_state), self.state_sharding)
+        jax.eval_shape(self._init, jax.random.key(self.config.seed)), self.state_sharding)
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return restored.state
@@ -179,19 +242,24 @@ class Trainer:
       state = self.initial_state()
     else:
       logging.info("Resuming from step %d", start)
-      print(f"Resuming from checkpoint at step {start}", flush=True)
+      if self.is_main:
+        print(f"Resuming from checkpoint at step {start}", flush=True)
     self.writer.truncate_after(start)
-    step_fn = jax.jit(functools.partial(train_step, model=self.model, tx=self.tx, config=config),
+    if self.is_main:  # the run's config, for tools that rebuild the model (ditm_jax.retrieve)
+      with tf.io.gfile.GFile(tf.io.gfile.join(self.workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=1))
+    step_fn = jax.jit(functools.partial(train_step, model=self.model, tx=self.tx, config=config,
+                                        mesh=self.mesh),
                       in_shardings=(self.state_sharding, self.batch_sharding),
                       out_shardings=(self.state_sharding, None), donate_argnums=(0,))
-    ds = pipeline.train_dataset(self.data.train, config, start, jax.process_index(),
-                                jax.process_count())
+    batches = self.data.train.batches(config, start, jax.process_index(), jax.process_count())
     evaluator = evaluate_lib.Evaluator(self)
     best_rsum = _best_metric(self.best)
     pairs = config.batch_size * config.data.captions_per_image
     t0, s0 = time.perf_counter(), start
     metrics = None
-    for local in ds.as_numpy_iterator():
+    stop = preemption.StopRequest(self.mesh, sharding.DATA)
+    for local in batches:
       batch = sharding.global_batch(self.batch_sharding, local)
       state, metrics = step_fn(state, batch)
       step = start = start + 1
@@ -204,12 +272,14 @@ class Trainer:
         values["train/pairs_per_s"] = rate * pairs
         self.writer.write(step, values)
         eta = (config.total_steps - step) / max(rate, 1e-9)
-        print(f"step {step:>6}/{config.total_steps} " + " ".join(
-            f"{k}={values['train/' + k]:.4f}" for k in ("loss", "match", "order", "beta")) +
-              f" | {values['train/pairs_per_s']:.0f} pairs/s, ETA {eta:.0f}s", flush=True)
+        if self.is_main:
+          print(f"step {step:>6}/{config.total_steps} " + " ".join(
+              f"{k}={values['train/' + k]:.4f}" for k in ("loss", "match", "order", "beta")) +
+                f" | {values['train/pairs_per_s']:.0f} pairs/s, ETA {eta:.0f}s", flush=True)
         t0, s0 = time.perf_counter(), step
-      if step % config.eval_every_steps == 0 or step == config.total_steps:
-        results = evaluator.run(state.params, step)
+      due = evaluator.due(step, final=step == config.total_steps)
+      if due:
+        results = evaluator.run(state.params, step, due)
         rsum = _first_rsum(results)
         if rsum is not None and rsum > best_rsum and self._check_finite(state):
           best_rsum = rsum
@@ -217,26 +287,33 @@ class Trainer:
       if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
         self._check_finite(state)
         self.save(state)
-      if step % config.eval_every_steps == 0 or step % config.checkpoint_every_steps == 0:
+      if due or step % config.checkpoint_every_steps == 0:
         t0, s0 = time.perf_counter(), step  # step rates exclude evaluation and saving
-    if metrics is None:
+      if step < config.total_steps and stop.agreed():  # SIGTERM: save, then stop
+        if step % config.checkpoint_every_steps:
+          self._check_finite(state)
+          self.save(state)
+        self.checkpoints.wait_until_finished()
+        self.best.wait_until_finished()
+        stop.close()
+        raise preemption.Preempted(step, self.workdir)
+    stop.close()
+    if metrics is None and self.is_main:
       print(f"Already trained to step {start}; nothing to do.", flush=True)
     self.checkpoints.wait_until_finished()
     self.best.wait_until_finished()
-    final = evaluator.last_results or evaluator.run(state.params, int(state.step), write=False)
+    if metrics is None:  # evaluators (exports included) still run on the restored state
+      evaluator.run(state.params, int(state.step), write=False)
+    final = evaluator.latest
     evaluate_lib.print_table(final)
-    if config.export_at_end:
-      self.export(state.params)
+    evaluate_lib.write_plots(self, evaluator.embedder)
     return final
 
   def _check_finite(self, state):
     bad = int(jax.device_get(state.bad_step))
     if bad < 0:
       return True
-    images, _ = pipeline.sample(self.config.seed, bad, self.data.train.num_images,
-                                self.config.batch_size, self.data.train.captions_per_image,
-                                self.config.data.captions_per_image)
-    ids = self.data.train.image_ids[images]
+    ids = self.data.train.step_image_ids(self.config, bad)
     last = self.checkpoints.latest_step()
     raise NonFiniteLoss(
         f"non-finite loss at step {bad} (batch of image ids {ids[:8].tolist()}"
@@ -245,6 +322,9 @@ class Trainer:
 
   # ---------------------------------------------------------------- eval/export
   def _restored_params(self, step=None):
+    if step is not None and step not in self.checkpoints.all_steps():
+      raise UserError(f"no checkpoint of step {step} in {self.workdir}/checkpoints (have "
+                      f"{sorted(self.checkpoints.all_steps())}); pass one of those to --step")
     state = self.restore(step)
     if state is None:
       raise UserError(f"no checkpoint in {self.workdir}/checkpoints; train first "
@@ -252,27 +332,25 @@ class Trainer:
     return state
 
   def evaluate(self, step=None):
+    """Metric evaluators at checkpoint `step` (default latest): eval_results.json/.md, plots."""
     state = self._restored_params(step)
-    results = evaluate_lib.Evaluator(self).run(state.params, int(state.step))
-    if self.is_main:
-      with tf.io.gfile.GFile(tf.io.gfile.join(self.workdir, "eval_results.json"), "w") as f:
-        json.dump({"step": int(state.step), **results}, f, indent=1)
+    evaluator = evaluate_lib.Evaluator(self, which="metrics")
+    results = evaluator.run(state.params, int(state.step), write=False)
+    evaluate_lib.write_results(self.workdir, int(state.step), results)
     evaluate_lib.print_table(results)
+    evaluate_lib.write_plots(self, evaluator.embedder)
     return results
 
-  def export(self, params=None):
-    step = None
-    if params is None:
-      state = self._restored_params()
-      params, step = state.params, int(state.step)
-    step = int(self.checkpoints.latest_step() or 0) if step is None else step
-    return evaluate_lib.export(self, params, step)
+  def export(self, step=None):
+    """Export evaluators (or every evaluated split) at checkpoint `step` (default latest)."""
+    state = self._restored_params(step)
+    return evaluate_lib.export(self, state.params, int(state.step))
 
 
 def _check_workdir(workdir):
   try:
     tf.io.gfile.makedirs(workdir)
-    probe = tf.io.gfile.join(workdir, ".write_test")
+    probe = tf.io.gfile.join(workdir, f".write_test.{jax.process_index()}")
     with tf.io.gfile.GFile(probe, "w") as f:
       f.write("ok")
     tf.io.gfile.remove(probe)
@@ -296,12 +374,15 @@ def _best_metric(manager):
   return float(meta.get("rsum", -math.inf))
 
 
-def run(config, workdir, mode):
+def run(config, workdir, mode, step=None):
+  """Runs `mode`; `step` picks the checkpoint of eval/export (default: the latest)."""
+  if step is not None and mode == "train":
+    raise UserError("--step applies to --mode=eval and --mode=export only")
   trainer = Trainer(config, workdir)
   if mode == "train":
     return trainer.train()
   if mode == "eval":
-    return trainer.evaluate()
+    return trainer.evaluate(step)
   if mode == "export":
-    return trainer.export()
+    return trainer.export(step)
   raise UserError(f"--mode={mode!r} is not known; use train, eval or export")

@@ -1,21 +1,27 @@
 """Data sets by name: each returns the training split, evaluation splits and text tooling."""
 
+import collections.abc
 import dataclasses
+import json
+import os
 from typing import Any, Callable, Optional
 
 import numpy as np
+import tensorflow as tf
 
 from ditm_jax import descriptiveness
 from ditm_jax.data import demo
 from ditm_jax.data import pipeline
+from ditm_jax.data import records
 from ditm_jax.data import vocab as vocab_lib
+from ditm_jax.models import tokenizer
 
 
 @dataclasses.dataclass
 class Data:
   """What the trainer needs from a data set."""
-  train: pipeline.Split
-  splits: dict  # name -> pipeline.Split, for evaluation and export
+  train: Any  # pipeline.Split or pipeline.RecordSplit: .batches(), .example_batch(), ...
+  splits: collections.abc.Mapping  # name -> pipeline.Split, for evaluation and export
   vocab_size: int
   encode_text: Callable  # list[str] -> (tokens (N, L) int32, lengths (N,) int32)
   scorer: Any  # a fitted descriptiveness.Descriptiveness
@@ -25,7 +31,8 @@ class Data:
 
 def load(config) -> Data:
   """The data set named by `config.data.name`."""
-  loaders = {"demo": load_demo}
+  loaders = {"demo": load_demo, "coco": load_prepared, "f30k": load_prepared,
+             "prepared": load_prepared}
   if config.data.name not in loaders:
     raise ValueError(f"config.data.name={config.data.name!r} is not known; "
                      f"use one of {sorted(loaders)}")
@@ -41,7 +48,12 @@ def load_demo(config) -> Data:
   scorer = descriptiveness.fit(raw["train"].captions, stop_words=config.descriptiveness.stop_words,
                                normalize=config.descriptiveness.normalize)
 
+  wordpiece = (tokenizer.load_tokenizer(config.model.bert_path, d.max_tokens)
+               if config.model.text == "bert" else None)
+
   def encode(captions):
+    if wordpiece is not None:  # the BERT checkpoint's own tokenizer
+      return wordpiece.ids_and_lengths(captions)
     return vocab.encode(captions, d.max_tokens)
 
   def to_split(s):
@@ -56,3 +68,41 @@ def load_demo(config) -> Data:
               scorer=scorer, relevance={name: (lambda s=s: demo.relevance(s))
                                         for name, s in raw.items()},
               scenes={name: s.scenes for name, s in raw.items()})
+
+
+def load_prepared(config) -> Data:
+  """A directory written by `--mode=prepare` (`config.data.dir`), checked against the config.
+
+  Training streams the train split's records; the other splits are read into memory the
+  first time an evaluation asks for them.
+  """
+  directory = config.data.dir
+  manifest = records.read_manifest(directory, config)
+  with tf.io.gfile.GFile(os.path.join(directory, records.DESCRIPTIVENESS)) as f:
+    scorer = descriptiveness.Descriptiveness.from_dict(json.load(f))
+  vocab_size, encode = records.text_tooling(manifest, config)
+  return Data(train=pipeline.RecordSplit(directory, manifest, manifest["train_split"]),
+              splits=_LazySplits(directory, manifest, config), vocab_size=vocab_size,
+              encode_text=encode, scorer=scorer)
+
+
+class _LazySplits(collections.abc.Mapping):
+  """Split name -> pipeline.Split, each read from its records on first use."""
+
+  def __init__(self, directory, manifest, config):
+    self._args = (directory, manifest, config)
+    self._names = list(manifest["splits"])
+    self._cache = {}
+
+  def __getitem__(self, name):
+    if name not in self._names:
+      raise KeyError(name)
+    if name not in self._cache:
+      self._cache[name] = pipeline.read_split(self._args[0], self._args[1], name, self._args[2])
+    return self._cache[name]
+
+  def __iter__(self):
+    return iter(self._names)
+
+  def __len__(self):
+    return len(self._names)

@@ -1,10 +1,19 @@
-"""Image and text towers. Each maps its inputs to L2-normalised (B, D) embeddings."""
+"""Image and text towers. Each maps its inputs to L2-normalised float32 (B, D) embeddings.
 
-from typing import Any
+Every tower computes in `dtype` (float32, or bfloat16 for mixed precision) with float32
+parameters, and names the batch entries it reads in `inputs`. Towers with a pretrained
+backbone keep it in the submodule named by `backbone`, so its parameters live at
+`params[<tower>][<backbone>]` and can be replaced by an imported checkpoint.
+"""
+
+from typing import Any, ClassVar
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from ditm_jax.models import bert as bert_lib
+from ditm_jax.models import vit as vit_lib
 from ditm_jax.models.gpo import GPO
 
 
@@ -15,6 +24,7 @@ def l2_normalize(x, eps=1e-8):
 
 class RegionEncoder(nn.Module):
   """Precomputed regions (B, R, F): linear F->D plus a two-layer MLP residual, GPO."""
+  inputs: ClassVar[tuple[str, ...]] = ("regions", "region_mask")
   embed_dim: int
   mlp_hidden: int
   dtype: Any = jnp.float32
@@ -25,11 +35,15 @@ class RegionEncoder(nn.Module):
     linear = nn.Dense(self.embed_dim, dtype=self.dtype, name="fc")(x)
     h = nn.relu(nn.Dense(self.mlp_hidden, dtype=self.dtype, name="mlp_in")(x))
     h = nn.Dense(self.embed_dim, dtype=self.dtype, name="mlp_out")(h)
-    return l2_normalize(GPO(name="gpo")(linear + h, mask))
+    return l2_normalize(GPO(dtype=self.dtype, name="gpo")(linear + h, mask))
 
 
 class BiGRUTextEncoder(nn.Module):
-  """Word embeddings -> bidirectional GRU (directions averaged) -> GPO over valid tokens."""
+  """Word embeddings -> bidirectional GRU (directions averaged) -> GPO over valid tokens.
+
+  In bfloat16 the GRU's matmuls run in bfloat16 while its carry stays float32.
+  """
+  inputs: ClassVar[tuple[str, ...]] = ("tokens", "token_mask")
   vocab_size: int
   embed_dim: int
   word_dim: int = 300
@@ -44,4 +58,54 @@ class BiGRUTextEncoder(nn.Module):
         nn.RNN(nn.GRUCell(self.embed_dim, dtype=self.dtype)),
         merge_fn=lambda a, b: (a + b) / 2, name="bigru")
     h = gru(x, seq_lengths=lengths)
-    return l2_normalize(GPO(name="gpo")(h, mask))
+    return l2_normalize(GPO(dtype=self.dtype, name="gpo")(h, mask))
+
+
+class BertTextEncoder(nn.Module):
+  """WordPiece ids (B, L) -> BERT -> linear hidden->D -> GPO over valid tokens -> L2 norm.
+
+  The valid tokens are those of `mask` (B, L), i.e. [CLS], the WordPieces and [SEP], as in
+  VSE-infinity. Dropout is off (deterministic BERT). `freeze_backbone` stops the gradient at
+  the BERT output, so a frozen BERT costs no backward pass.
+  """
+  inputs: ClassVar[tuple[str, ...]] = ("tokens", "token_mask")
+  backbone: ClassVar[str] = "bert"
+  bert_config: bert_lib.BertConfig
+  embed_dim: int
+  freeze_backbone: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens, mask):
+    h = bert_lib.BertModel(self.bert_config, dtype=self.dtype, name=self.backbone)(tokens, mask)
+    if self.freeze_backbone:
+      h = jax.lax.stop_gradient(h)
+    x = nn.Dense(self.embed_dim, dtype=self.dtype, name="fc")(h)
+    return l2_normalize(GPO(dtype=self.dtype, name="gpo")(x, mask))
+
+
+class ViTImageEncoder(nn.Module):
+  """Pixels (B, S, S, 3) -> ViT -> linear hidden->D -> GPO over patch tokens -> L2 norm.
+
+  `pixels` are raw RGB values in [0, 255] (uint8, or float), already resized to the
+  checkpoint's `image_size` S; the tower rescales and normalises them with the checkpoint's
+  own mean and std (`vit.normalize_pixels`). The CLS token is left out of the pooling: GPO
+  pools the set of patch tokens, as it pools regions. `freeze_backbone` stops the gradient at
+  the ViT output.
+  """
+  inputs: ClassVar[tuple[str, ...]] = ("pixels",)
+  backbone: ClassVar[str] = "vit"
+  vit_config: vit_lib.ViTConfig
+  embed_dim: int
+  freeze_backbone: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, pixels):
+    images = vit_lib.normalize_pixels(pixels, self.vit_config)
+    h = vit_lib.ViTModel(self.vit_config, dtype=self.dtype, name=self.backbone)(images)
+    if self.freeze_backbone:
+      h = jax.lax.stop_gradient(h)
+    patches = nn.Dense(self.embed_dim, dtype=self.dtype, name="fc")(h[:, 1:])
+    mask = jnp.ones(patches.shape[:2], bool)
+    return l2_normalize(GPO(dtype=self.dtype, name="gpo")(patches, mask))

@@ -34,6 +34,14 @@ class Tokenizer:
     return {"input_ids": encoded["input_ids"].astype(np.int32),
             "attention_mask": encoded["attention_mask"].astype(np.int32)}
 
+  def ids_and_lengths(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (N, max_length) int32, lengths (N,) int32): the (tokens, lengths) of a data split.
+
+    Valid tokens ([CLS], WordPieces, [SEP]) come first, so `lengths` gives the attention mask.
+    """
+    encoded = self(texts)
+    return encoded["input_ids"], encoded["attention_mask"].sum(-1).astype(np.int32)
+
 
 def load_tokenizer(path_or_name: str | os.PathLike, max_length: int) -> Tokenizer:
   """The tokenizer of a checkpoint directory (vocab.txt / tokenizer.json) or hub model name."""

@@ -224,17 +224,25 @@ def load_pretrained(path_or_name: str | os.PathLike, dtype: Any = jnp.float32
   return ViTModel(config, dtype=dtype), params
 
 
+def normalize_pixels(pixels: jax.Array | np.ndarray, config: ViTConfig) -> jax.Array:
+  """Raw RGB values in [0, 255] (uint8 or float, channels last) -> float32 model input.
+
+  Computes `(x * rescale_factor - image_mean) / image_std` with the checkpoint's values.
+  """
+  mean = jnp.asarray(config.image_mean, jnp.float32)
+  std = jnp.asarray(config.image_std, jnp.float32)
+  return (jnp.asarray(pixels).astype(jnp.float32) * config.rescale_factor - mean) / std
+
+
 def preprocess_images(images: np.ndarray | Sequence[np.ndarray], config: ViTConfig) -> jax.Array:
   """uint8 RGB images -> normalised float32 model input (B, S, S, C), S = config.image_size.
 
   Each image (H, W, C) or (H, W) (grey, repeated to C channels) is resized with bilinear
   interpolation (`jax.image.resize`, half-pixel centres, antialiased when shrinking, like PIL's
   bilinear resize that Hugging Face's ViTImageProcessor uses, without its rounding to uint8),
-  scaled by `rescale_factor`, then normalised with `image_mean` and `image_std`.
+  then normalised by `normalize_pixels`.
   """
   size, channels = config.image_size, config.num_channels
-  mean = jnp.asarray(config.image_mean, jnp.float32)
-  std = jnp.asarray(config.image_std, jnp.float32)
   out = []
   for image in images:
     image = np.asarray(image)
@@ -245,5 +253,5 @@ def preprocess_images(images: np.ndarray | Sequence[np.ndarray], config: ViTConf
     image = np.broadcast_to(image, image.shape[:2] + (channels,))
     resized = jax.image.resize(jnp.asarray(image, jnp.float32), (size, size, channels),
                                method="bilinear", antialias=True)
-    out.append((resized * config.rescale_factor - mean) / std)
+    out.append(normalize_pixels(resized, config))
   return jnp.stack(out)

@@ -1,0 +1,497 @@
+"""Benchmarks: train step, 5K ranking, descriptiveness, input pipeline, loss memory.
+
+  python -m ditm_jax.bench --out=FILE.json [--quick]
+
+Prints a table and writes a JSON object with "train_step_s" (config name -> median seconds
+per step), "pairs_per_s", "eval_5k_s", "eval_5k_numpy_s", "descriptiveness_616k_s",
+"pipeline_rows_per_s", "peak_rss_mb", "machine", "loss_memory", "sharded_vs_plain_8dev" and
+"notes". Train steps are the trainer's own `train.train_step` (jit, donated state, the
+mesh over the visible devices), timed on one fixed batch: the median of several steps after
+two warm-up steps (the first compiles). The parts that need 8 devices (the loss memory at
+B = 4,096 and the demo step with the plain and the sharded objective) run in a child process
+with 8 CPU devices. `--quick` shrinks sizes and repeats for a smoke run (its numbers are not
+the targets'). Nothing here is a pass/fail test; the targets are in README "Benchmarks".
+"""
+
+import functools
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", None, "Write the JSON results here.")
+flags.DEFINE_bool("quick", False, "Small sizes and few repeats (a smoke run).")
+flags.DEFINE_enum("part", "main", ["main", "devices8"], "internal: the 8-device child part")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COCO_CAPTIONS = os.path.join(ROOT, os.pardir, "shared", "data", "coco", "testall_caps.txt")
+REFERENCE_BERT = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4,
+                      num_attention_heads=4, intermediate_size=1024)
+COCO_BIGRU_VOCAB = 10000  # stand-in word vocabulary of configs/coco.py:text=bigru
+
+
+# ---------------------------------------------------------------- machine
+
+
+def machine():
+  """CPU model, cores, load, and what JAX sees."""
+  import jax  # pylint: disable=g-import-not-at-top
+  model = platform.processor() or "unknown"
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
+    model = names[0] if names else model
+  except OSError:
+    pass
+  return {
+      "cpu": model,
+      "logical_cores": os.cpu_count(),
+      "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+      "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+      "python": platform.python_version(),
+      "jax": jax.__version__,
+      "backend": jax.default_backend(),
+      "devices": [str(d) for d in jax.devices()],
+      "process_count": jax.process_count(),
+  }
+
+
+def peak_rss_mb():
+  """Peak resident memory of this process (and, separately, of finished children), MiB."""
+  own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+  return round(own, 1), round(children, 1)
+
+
+# ---------------------------------------------------------------- train step
+
+
+def _synthetic_batch(config, rows, vocab_size, seed=0):
+  """A random training batch of `rows` images in the shapes the pipeline produces."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  k, length = config.data.captions_per_image, config.data.max_tokens
+  r, f = config.data.num_regions, config.data.feature_dim
+  lengths = rng.integers(8, length + 1, rows * k)
+  keep = rng.random((rows, r)) >= config.data.region_drop
+  keep[:, 0] = True
+  return {
+      "regions": rng.standard_normal((rows, r, f)).astype(np.float32),
+      "region_mask": keep,
+      "tokens": rng.integers(1, vocab_size, (rows * k, length)).astype(np.int32),
+      "token_mask": np.arange(length)[None, :] < lengths[:, None],
+      "desc": rng.random(rows * k).astype(np.float32),
+      "image_ids": np.arange(rows, dtype=np.int32),
+  }
+
+
+def time_train_step(config, model, batch, steps=5, mesh=None):
+  """Seconds per `train.train_step` on `batch` (global numpy batch): median after warm-up.
+
+  Returns a dict: median_s, pairs_per_s, compile_s (first step, compile included), steps,
+  devices.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ditm_jax import sharding, train  # pylint: disable=g-import-not-at-top
+
+  mesh = mesh or sharding.make_mesh(config)
+  tx = train.make_optimizer(config)
+  batch_sharding = sharding.batch_sharding(mesh)
+  example = jax.tree.map(jnp.asarray, batch)
+
+  def init(rng):
+    params = model.init(rng, example)["params"]
+    return train.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
+                            bad_step=jnp.int32(-1))
+
+  shardings = sharding.state_shardings(mesh, jax.eval_shape(init, jax.random.key(0)), config)
+  state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
+  step_fn = jax.jit(functools.partial(train.train_step, model=model, tx=tx, config=config,
+                                      mesh=mesh),
+                    in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
+                    donate_argnums=(0,))
+  global_batch = sharding.global_batch(batch_sharding, batch)
+  times = []
+  for _ in range(steps + 2):
+    t = time.perf_counter()
+    state, metrics = step_fn(state, global_batch)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - t)
+  median = statistics.median(times[2:])
+  pairs = config.batch_size * config.data.captions_per_image
+  return {"median_s": median, "pairs_per_s": pairs / median, "compile_s": times[0],
+          "steps": steps, "devices": int(mesh.devices.size),
+          "loss": float(metrics["train/loss"])}
+
+
+def load_config(name, arg=None):
+  """`get_config(arg)` of configs/<name>.py."""
+  spec = importlib.util.spec_from_file_location(
+      f"configs_{name}", os.path.join(ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def demo_setup(arg=None):
+  """(config, data, model) of configs/demo.py."""
+  from ditm_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  from ditm_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
+  config = load_config("demo", arg)
+  data = datasets.load(config)
+  return config, data, model_lib.build(config, data.vocab_size)
+
+
+def coco_bigru_tiny_setup():
+  """(config, model, batch) of configs/coco.py:text=bigru,tiny on a synthetic batch."""
+  from ditm_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
+  config = load_config("coco", "text=bigru,tiny")
+  model = model_lib.build(config, COCO_BIGRU_VOCAB)
+  return config, model, _synthetic_batch(config, config.batch_size, COCO_BIGRU_VOCAB)
+
+
+def reference_setup():
+  """(config, model, batch) of the reference model.
+
+  36 x 2048 regions -> linear + MLP residual + GPO -> 1024-d; BERT (4 layers, hidden 256,
+  4 heads, FFN 1024, random init) -> linear 256 -> 1024 + GPO; 128 images x 1 caption of
+  32 tokens; hardest-negative triplet loss (VSE-infinity, no relaxation, no ordering);
+  AdamW (configs/coco.py's optimizer, BERT at 0.1 x lr).
+  """
+  from ditm_jax.models import bert as bert_lib  # pylint: disable=g-import-not-at-top
+  from ditm_jax.models import encoders  # pylint: disable=g-import-not-at-top
+  from ditm_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
+  config = load_config("coco", "text=bert,variant=baseline_vse")
+  config.batch_size = 128
+  config.data.max_tokens = 32
+  config.data.captions_per_image = 1
+  config.loss.sum_violation_steps = 0  # the hardest negative from the first step
+  image = encoders.RegionEncoder(embed_dim=1024, mlp_hidden=config.model.mlp_hidden)
+  text = encoders.BertTextEncoder(bert_lib.BertConfig(**REFERENCE_BERT), embed_dim=1024)
+  model = model_lib.DualEncoder(image_tower=image, text_tower=text,
+                                init_temperature=config.loss.temperature)
+  return config, model, _synthetic_batch(config, 128, REFERENCE_BERT["vocab_size"])
+
+
+def profile_reference(config, model, batch):
+  """Seconds of the reference step's pieces (forward+backward of each tower, the loss)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ditm_jax import losses  # pylint: disable=g-import-not-at-top
+  params = jax.jit(model.init)(jax.random.key(0), jax.tree.map(jnp.asarray, batch))["params"]
+  batch = jax.tree.map(jnp.asarray, batch)
+
+  def tower_grad(name, method):
+    def loss(p):
+      return jnp.sum(model.apply({"params": p}, batch, method=method) ** 2)
+    return name, jax.jit(jax.grad(loss)), (params,)
+
+  img, txt, _ = jax.jit(model.apply)({"params": params}, batch)
+  kwargs = dict(matching="triplet", temperature=0.05, margin=0.2, max_violation=True, beta=0.0,
+                relax_temp=0.05, order_weight=0.0, order_gamma=0.2, order_min_gap=0.05,
+                relax_warmup_steps=0)
+  loss_grad = jax.jit(jax.grad(lambda i, t: losses.objective(
+      i, t, batch["image_ids"], batch["desc"], step=0, **kwargs)[0], argnums=(0, 1)))
+
+  def gpo_only(tower):
+    sub = params[tower]["gpo"]
+    feats = jax.random.normal(jax.random.key(1), (128, 36 if tower == "image_tower" else 32, 1024))
+    mask = batch["region_mask"] if tower == "image_tower" else batch["token_mask"]
+    from ditm_jax.models.gpo import GPO  # pylint: disable=g-import-not-at-top
+    fn = jax.jit(jax.grad(lambda p, x: jnp.sum(GPO().apply({"params": p}, x, mask) ** 2),
+                          argnums=(0, 1)))
+    return f"{tower} GPO fwd+bwd", fn, (sub, feats)
+
+  pieces = [tower_grad("image tower fwd+bwd", "embed_images"),
+            tower_grad("text tower fwd+bwd", "embed_texts"),
+            ("triplet loss fwd+bwd", loss_grad, (img, txt)),
+            gpo_only("image_tower"), gpo_only("text_tower")]
+  out = {}
+  for name, fn, args in pieces:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(3):
+      t = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times.append(time.perf_counter() - t)
+    out[name] = statistics.median(times)
+  return out
+
+
+# ---------------------------------------------------------------- other pieces
+
+
+def time_eval(n_img, captions_per_image=5, repeats=3, numpy_reference=True):
+  """Seconds of `recall.i2t_t2i` on a random (n_img, 5 n_img) float32 matrix on device.
+
+  Also the NumPy reference (`recall.i2t_t2i_numpy`) once, and the from-embeddings path
+  (`recall.recall_from_embeddings`, 1024-d) after its compile.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from ditm_jax.evaluation import recall  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  sims = rng.standard_normal((n_img, n_img * captions_per_image), dtype=np.float32)
+  on_device = jax.device_put(sims)
+
+  def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+  first, result = timed(lambda: recall.i2t_t2i(on_device, captions_per_image))
+  steady = statistics.median(timed(lambda: recall.i2t_t2i(on_device, captions_per_image))[0]
+                             for _ in range(repeats))
+  out = {"shape": list(sims.shape), "first_call_s": first, "median_s": steady,
+         "rsum": result["rsum"]}
+  if numpy_reference:
+    seconds, ref = timed(lambda: recall.i2t_t2i_numpy(sims, captions_per_image))
+    out["numpy_s"] = seconds
+    out["same_as_numpy"] = bool(np.isclose(ref["rsum"], result["rsum"]))
+  img = rng.standard_normal((n_img, 1024), dtype=np.float32)
+  txt = rng.standard_normal((n_img * captions_per_image, 1024), dtype=np.float32)
+  img, txt = jax.device_put(img), jax.device_put(txt)
+  fn = lambda: recall.recall_from_embeddings(img, txt, captions_per_image)
+  timed(fn)
+  out["from_embeddings_s"] = statistics.median(timed(fn)[0] for _ in range(repeats))
+  return out
+
+
+def time_descriptiveness(count):
+  """Seconds to fit descriptiveness on `count` captions and score them.
+
+  The captions are COCO's 25,000 5K-test captions (../shared/data) repeated; where that file
+  is absent, the demo's captions repeated.
+  """
+  from ditm_jax import descriptiveness  # pylint: disable=g-import-not-at-top
+  if os.path.exists(COCO_CAPTIONS):
+    with open(COCO_CAPTIONS) as f:
+      base = [l.strip() for l in f if l.strip()]
+    source = f"{COCO_CAPTIONS} ({len(base)} captions) repeated"
+  else:
+    from ditm_jax.data import demo  # pylint: disable=g-import-not-at-top
+    base = demo.generate(0, 2000, 10, 64)["train"].captions
+    source = f"{COCO_CAPTIONS} absent: the demo's {len(base)} captions repeated"
+  captions = (base * (count // len(base) + 1))[:count]
+  t = time.perf_counter()
+  scorer = descriptiveness.fit(captions)
+  fit_s = time.perf_counter() - t
+  t = time.perf_counter()
+  scorer.score(captions)
+  score_s = time.perf_counter() - t
+  t = time.perf_counter()
+  descriptiveness.fit_score(captions)
+  fit_score_s = time.perf_counter() - t
+  return {"captions": count, "source": source, "fit_s": fit_s, "score_s": score_s,
+          "fit_plus_score_s": fit_s + score_s, "fit_score_s": fit_score_s}
+
+
+def time_pipeline(config, data, batches):
+  """Rows (images) per second of the demo's training tf.data pipeline, after one batch."""
+  it = data.train.batches(config, 0)
+  next(it)
+  t = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  seconds = time.perf_counter() - t
+  rows = batches * config.batch_size
+  return {"rows_per_s": rows / seconds,
+          "captions_per_s": rows * config.data.captions_per_image / seconds,
+          "batches": batches, "batch_size": config.batch_size}
+
+
+def loss_memory(mesh, batch_size=4096, captions_per_image=2, dim=1024):
+  """Compiled per-device temporary memory (bytes) of the objective's value and gradient.
+
+  For each matching ('triplet' as in `ditm`: hardest negative after a sum-over-negatives
+  warm-up, relaxation and ordering on; 'infonce' with both terms), with the embeddings split
+  over `mesh`: the plain global form, the shard_map form (`losses_sharded`), and the plain
+  form on one device (what a single device would need). From
+  `jax.jit(...).lower(...).compile().memory_analysis().temp_size_in_bytes`.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from ditm_jax import losses, losses_sharded, sharding  # pylint: disable=g-import-not-at-top
+
+  b, bk = batch_size, batch_size * captions_per_image
+  out = {"batch_size": b, "captions_per_image": captions_per_image, "dim": dim,
+         "devices": int(mesh.devices.size), "logits_bytes": b * bk * 4}
+  one = Mesh(mesh.devices.reshape(-1)[:1], (sharding.DATA,), axis_types=mesh.axis_types)
+  for matching in ("triplet", "infonce"):
+    kwargs = dict(matching=matching, temperature=0.05, margin=0.2, max_violation=True,
+                  beta=0.5, relax_temp=0.05, order_weight=1.0, order_gamma=0.2,
+                  order_min_gap=0.05, relax_warmup_steps=100,
+                  sum_violation_steps=100 if matching == "triplet" else 0)
+
+    def temp_bytes(objective, on_mesh):
+      split = NamedSharding(on_mesh, P(sharding.DATA))
+      spec = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(shape, dtype, sharding=split)
+      fn = jax.jit(jax.value_and_grad(lambda img, txt, ids, d, step: objective(
+          img, txt, ids, d, step=step, **kwargs)[0], argnums=(0, 1)))
+      compiled = fn.lower(spec((b, dim)), spec((bk, dim)), spec((b,), jnp.int32), spec((bk,)),
+                          jax.ShapeDtypeStruct((), jnp.int32)).compile()
+      return int(compiled.memory_analysis().temp_size_in_bytes)
+
+    out[matching] = {
+        "plain_temp_bytes": temp_bytes(losses.objective, mesh),
+        "sharded_temp_bytes": temp_bytes(
+            functools.partial(losses_sharded.objective, mesh=mesh), mesh),
+        "one_device_temp_bytes": temp_bytes(losses.objective, one),
+    }
+  return out
+
+
+# ---------------------------------------------------------------- parts
+
+
+def devices8_part(quick):
+  """The 8-device measurements (run in a child with 8 CPU devices)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from ditm_jax import sharding  # pylint: disable=g-import-not-at-top
+  config, data, model = demo_setup("tiny" if quick else None)
+  mesh = sharding.make_mesh(config)
+  batch = next(data.train.batches(config, 0))
+  steps = {}
+  for sharded in (False, True):
+    config.loss.sharded = sharded
+    steps["sharded" if sharded else "plain"] = time_train_step(
+        config, model, batch, steps=2 if quick else 10, mesh=mesh)
+  memory = loss_memory(mesh, batch_size=256 if quick else 4096)
+  return {"devices": len(jax.devices()), "demo_train_step": steps, "loss_memory": memory,
+          "config": "configs/demo.py" + (":tiny" if quick else "")}
+
+
+def _run_devices8(quick):
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "devices8.json")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                        " --xla_force_host_platform_device_count=8").strip()
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    cmd = [sys.executable, "-m", "ditm_jax.bench", "--part=devices8", f"--out={out}"]
+    if quick:
+      cmd.append("--quick")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode:
+      return {"error": proc.stderr[-2000:]}
+    with open(out) as f:
+      return json.load(f)
+
+
+def run(quick=False):
+  """All benchmarks; returns the JSON-ready results."""
+  import jax  # pylint: disable=g-import-not-at-top
+  results = {"quick": quick, "machine": machine(), "notes": []}
+  steps = 2 if quick else 7
+  train_s, pairs_s, details = {}, {}, {}
+
+  config, data, model = demo_setup("tiny" if quick else None)
+  name = "demo" + (":tiny" if quick else "")
+  details[name] = time_train_step(config, model, next(data.train.batches(config, 0)), steps)
+  results["pipeline"] = time_pipeline(config, data, 5 if quick else 50)
+  results["pipeline_rows_per_s"] = results["pipeline"]["rows_per_s"]
+
+  if os.path.exists(os.path.join(ROOT, "configs", "coco.py")):
+    c, m, b = coco_bigru_tiny_setup()
+    details["coco:text=bigru,tiny"] = time_train_step(c, m, b, steps)
+    results["notes"].append(f"coco:text=bigru,tiny runs on a synthetic batch (vocabulary "
+                            f"{COCO_BIGRU_VOCAB} words); no prepared COCO data is read")
+  else:
+    results["notes"].append("configs/coco.py absent: coco:text=bigru,tiny not timed")
+
+  c, m, b = reference_setup()
+  details["reference"] = time_train_step(c, m, b, steps)
+  if not quick:
+    details["reference"]["profile_s"] = profile_reference(c, m, b)
+  for key, value in details.items():
+    train_s[key], pairs_s[key] = value["median_s"], value["pairs_per_s"]
+  results.update(train_step_s=train_s, pairs_per_s=pairs_s, train_step=details)
+
+  n = 1000 if quick else 5000
+  results["eval"] = time_eval(n, repeats=1 if quick else 3)
+  results["eval_5k_s"] = results["eval"]["median_s"]
+  results["eval_5k_numpy_s"] = results["eval"].get("numpy_s")
+  if quick:
+    results["notes"].append("--quick: eval on 1000 x 5000, descriptiveness on 61,600 captions")
+
+  results["descriptiveness"] = time_descriptiveness(61_600 if quick else 616_000)
+  results["descriptiveness_616k_s"] = results["descriptiveness"]["fit_plus_score_s"]
+
+  devices8 = _run_devices8(quick)
+  results["sharded_vs_plain_8dev"] = devices8.get("demo_train_step", devices8)
+  results["loss_memory"] = devices8.get("loss_memory", devices8)
+  own, children = peak_rss_mb()
+  results["peak_rss_mb"] = own
+  results["peak_rss_children_mb"] = children
+  results["machine"]["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+  del jax
+  return results
+
+
+def table(results):
+  """A plain-text summary of `run`'s results."""
+  lines = ["| what | value |", "|---|---:|"]
+  for name, s in results["train_step_s"].items():
+    lines.append(f"| train step {name} (s) | {s:.3f} ({results['pairs_per_s'][name]:.0f} "
+                 "pairs/s) |")
+  profile = results["train_step"].get("reference", {}).get("profile_s", {})
+  for piece, s in profile.items():
+    lines.append(f"| reference: {piece} (s) | {s:.3f} |")
+  ev = results["eval"]
+  lines.append(f"| ranking {ev['shape'][0]}x{ev['shape'][1]} on device (s) | {ev['median_s']:.3f} |")
+  if ev.get("numpy_s") is not None:
+    lines.append(f"| ranking, NumPy reference (s) | {ev['numpy_s']:.2f} |")
+  lines.append(f"| ranking from 1024-d embeddings (s) | {ev['from_embeddings_s']:.3f} |")
+  d = results["descriptiveness"]
+  lines.append(f"| descriptiveness fit + score, {d['captions']:,} captions (s) | "
+               f"{d['fit_plus_score_s']:.2f} |")
+  lines.append(f"| pipeline rows/s (demo) | {results['pipeline_rows_per_s']:.0f} |")
+  for form, v in results.get("sharded_vs_plain_8dev", {}).items():
+    if isinstance(v, dict) and "median_s" in v:
+      lines.append(f"| 8 devices, demo step, {form} objective (s) | {v['median_s']:.3f} |")
+  mem = results.get("loss_memory", {})
+  for matching in ("triplet", "infonce"):
+    if matching in mem:
+      m = mem[matching]
+      lines.append(f"| loss temp/device B={mem['batch_size']}, {matching}: plain / sharded / "
+                   f"1 device (MiB) | {m['plain_temp_bytes'] / 2**20:.0f} / "
+                   f"{m['sharded_temp_bytes'] / 2**20:.0f} / "
+                   f"{m['one_device_temp_bytes'] / 2**20:.0f} |")
+  lines.append(f"| peak RSS (MiB) | {results['peak_rss_mb']:.0f} |")
+  mach = results["machine"]
+  lines.append(f"| machine | {mach['cpu']}, {mach['usable_cores']} cores, {mach['backend']}, "
+               f"load {mach['load_average_1_5_15']} |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  if FLAGS.part == "devices8":
+    results = devices8_part(FLAGS.quick)
+  else:
+    results = run(FLAGS.quick)
+    print(table(results), flush=True)
+    for note in results["notes"]:
+      print(f"note: {note}")
+  if FLAGS.out:
+    with open(FLAGS.out, "w") as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,66 @@
+"""ditm_jax.bench, piece by piece (the whole run, `python -m ditm_jax.bench`, takes minutes)."""
+import math
+
+import numpy as np
+
+from ditm_jax import bench
+
+
+def test_machine_describes_cpu_and_jax():
+  m = bench.machine()
+  assert m["logical_cores"] >= 1 and m["backend"] == "cpu" and m["devices"]
+  own, _ = bench.peak_rss_mb()
+  assert own > 50
+
+
+def test_ranking_matches_the_numpy_reference():
+  out = bench.time_eval(200, repeats=1)
+  assert out["shape"] == [200, 1000] and out["same_as_numpy"]
+  assert out["median_s"] > 0 and out["numpy_s"] > 0 and out["from_embeddings_s"] > 0
+
+
+def test_descriptiveness_on_repeated_captions():
+  out = bench.time_descriptiveness(3000)
+  assert out["captions"] == 3000 and "repeated" in out["source"]
+  assert math.isclose(out["fit_plus_score_s"], out["fit_s"] + out["score_s"])
+
+
+def test_train_step_timing_uses_the_trainer_step():
+  config, model, batch = bench.coco_bigru_tiny_setup()
+  assert batch["regions"].shape == (32, 36, 2048) and batch["tokens"].shape == (64, 32)
+  out = bench.time_train_step(config, model, batch, steps=1)
+  assert np.isfinite(out["loss"]) and out["devices"] >= 1
+  assert math.isclose(out["pairs_per_s"], 64 / out["median_s"])
+
+
+def test_reference_model_shapes():
+  config, model, batch = bench.reference_setup()
+  assert config.batch_size == 128 and config.data.captions_per_image == 1
+  assert config.loss.matching == "triplet" and config.loss.relax_beta == 0
+  assert config.loss.order_weight == 0 and config.loss.sum_violation_steps == 0
+  assert batch["regions"].shape == (128, 36, 2048) and batch["tokens"].shape == (128, 32)
+  assert model.text_tower.bert_config.num_hidden_layers == 4
+  assert model.text_tower.bert_config.hidden_size == 256 and model.text_tower.embed_dim == 1024
+
+
+def test_table_lists_every_measurement():
+  step = {"median_s": 0.5, "pairs_per_s": 256.0}
+  results = {
+      "train_step_s": {"demo": 0.5}, "pairs_per_s": {"demo": 256.0},
+      "train_step": {"demo": step, "reference": {**step, "profile_s": {"text tower": 0.2}}},
+      "eval": {"shape": [5000, 25000], "median_s": 0.2, "numpy_s": 9.0,
+               "from_embeddings_s": 0.4},
+      "descriptiveness": {"captions": 616000, "fit_plus_score_s": 12.0},
+      "pipeline_rows_per_s": 5000.0,
+      "sharded_vs_plain_8dev": {"plain": step, "sharded": step},
+      "loss_memory": {"batch_size": 4096, "triplet": {
+          "plain_temp_bytes": 2**30, "sharded_temp_bytes": 2**28,
+          "one_device_temp_bytes": 2**32}},
+      "peak_rss_mb": 900.0,
+      "machine": {"cpu": "x", "usable_cores": 2, "backend": "cpu",
+                  "load_average_1_5_15": [1, 1, 1]},
+  }
+  text = bench.table(results)
+  for piece in ("train step demo", "reference: text tower", "5000x25000", "NumPy", "616,000",
+                "rows/s", "sharded objective", "1024 / 256 / 4096", "peak RSS"):
+    assert piece in text, piece
