@@ -25,11 +25,29 @@ import sys
 import tempfile
 import time
 
-from absl import app
-from absl import flags
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+from ditm_jax import descriptiveness
+from ditm_jax import losses
+from ditm_jax import losses_sharded
+from ditm_jax import sharding
+from ditm_jax import train
+from ditm_jax.data import datasets
+from ditm_jax.data import demo
+from ditm_jax.data import throughput
+from ditm_jax.evaluation import recall
+from ditm_jax.models import bert as bert_lib
+from ditm_jax.models import encoders
+from ditm_jax.models import gpo
+from ditm_jax.models import model as model_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Write the JSON results here.")
@@ -48,7 +66,6 @@ COCO_BIGRU_VOCAB = 10000  # stand-in word vocabulary of configs/coco.py:text=big
 
 def machine():
   """CPU model, cores, load, and what JAX sees."""
-  import jax  # pylint: disable=g-import-not-at-top
   model = platform.processor() or "unknown"
   try:
     with open("/proc/cpuinfo") as f:
@@ -81,7 +98,6 @@ def peak_rss_mb():
 
 def _synthetic_batch(config, rows, vocab_size, seed=0):
   """A random training batch of `rows` images in the shapes the pipeline produces."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   k, length = config.data.captions_per_image, config.data.max_tokens
   r, f = config.data.num_regions, config.data.feature_dim
@@ -104,9 +120,6 @@ def time_train_step(config, model, batch, steps=5, mesh=None):
   Returns a dict: median_s, pairs_per_s, compile_s (first step, compile included), steps,
   devices.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from ditm_jax import sharding, train  # pylint: disable=g-import-not-at-top
 
   mesh = mesh or sharding.make_mesh(config)
   tx = train.make_optimizer(config)
@@ -149,8 +162,6 @@ def load_config(name, arg=None):
 
 def demo_setup(arg=None):
   """(config, data, model) of configs/demo.py."""
-  from ditm_jax.data import datasets  # pylint: disable=g-import-not-at-top
-  from ditm_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
   config = load_config("demo", arg)
   data = datasets.load(config)
   return config, data, model_lib.build(config, data.vocab_size)
@@ -158,7 +169,6 @@ def demo_setup(arg=None):
 
 def coco_bigru_tiny_setup():
   """(config, model, batch) of configs/coco.py:text=bigru,tiny on a synthetic batch."""
-  from ditm_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
   config = load_config("coco", "text=bigru,tiny")
   model = model_lib.build(config, COCO_BIGRU_VOCAB)
   return config, model, _synthetic_batch(config, config.batch_size, COCO_BIGRU_VOCAB)
@@ -172,9 +182,6 @@ def reference_setup():
   32 tokens; hardest-negative triplet loss (VSE-infinity, no relaxation, no ordering);
   AdamW (configs/coco.py's optimizer, BERT at 0.1 x lr).
   """
-  from ditm_jax.models import bert as bert_lib  # pylint: disable=g-import-not-at-top
-  from ditm_jax.models import encoders  # pylint: disable=g-import-not-at-top
-  from ditm_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
   config = load_config("coco", "text=bert,variant=baseline_vse")
   config.batch_size = 128
   config.data.max_tokens = 32
@@ -189,9 +196,6 @@ def reference_setup():
 
 def profile_reference(config, model, batch):
   """Seconds of the reference step's pieces (forward+backward of each tower, the loss)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from ditm_jax import losses  # pylint: disable=g-import-not-at-top
   params = jax.jit(model.init)(jax.random.key(0), jax.tree.map(jnp.asarray, batch))["params"]
   batch = jax.tree.map(jnp.asarray, batch)
 
@@ -211,8 +215,7 @@ def profile_reference(config, model, batch):
     sub = params[tower]["gpo"]
     feats = jax.random.normal(jax.random.key(1), (128, 36 if tower == "image_tower" else 32, 1024))
     mask = batch["region_mask"] if tower == "image_tower" else batch["token_mask"]
-    from ditm_jax.models.gpo import GPO  # pylint: disable=g-import-not-at-top
-    fn = jax.jit(jax.grad(lambda p, x: jnp.sum(GPO().apply({"params": p}, x, mask) ** 2),
+    fn = jax.jit(jax.grad(lambda p, x: jnp.sum(gpo.GPO().apply({"params": p}, x, mask) ** 2),
                           argnums=(0, 1)))
     return f"{tower} GPO fwd+bwd", fn, (sub, feats)
 
@@ -241,9 +244,6 @@ def time_eval(n_img, captions_per_image=5, repeats=3, numpy_reference=True):
   Also the NumPy reference (`recall.i2t_t2i_numpy`) once, and the from-embeddings path
   (`recall.recall_from_embeddings`, 1024-d) after its compile.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from ditm_jax.evaluation import recall  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   sims = rng.standard_normal((n_img, n_img * captions_per_image), dtype=np.float32)
   on_device = jax.device_put(sims)
@@ -277,13 +277,11 @@ def time_descriptiveness(count):
   The captions are COCO's 25,000 5K-test captions (../shared/data) repeated; where that file
   is absent, the demo's captions repeated.
   """
-  from ditm_jax import descriptiveness  # pylint: disable=g-import-not-at-top
   if os.path.exists(COCO_CAPTIONS):
     with open(COCO_CAPTIONS) as f:
       base = [l.strip() for l in f if l.strip()]
     source = f"{COCO_CAPTIONS} ({len(base)} captions) repeated"
   else:
-    from ditm_jax.data import demo  # pylint: disable=g-import-not-at-top
     base = demo.generate(0, 2000, 10, 64)["train"].captions
     source = f"{COCO_CAPTIONS} absent: the demo's {len(base)} captions repeated"
   captions = (base * (count // len(base) + 1))[:count]
@@ -301,17 +299,9 @@ def time_descriptiveness(count):
 
 
 def time_pipeline(config, data, batches):
-  """Rows (images) per second of the demo's training tf.data pipeline, after one batch."""
-  it = data.train.batches(config, 0)
-  next(it)
-  t = time.perf_counter()
-  for _ in range(batches):
-    next(it)
-  seconds = time.perf_counter() - t
-  rows = batches * config.batch_size
-  return {"rows_per_s": rows / seconds,
-          "captions_per_s": rows * config.data.captions_per_image / seconds,
-          "batches": batches, "batch_size": config.batch_size}
+  """Rows (images) per second of the demo's training input (`data.throughput.pipeline_rate`)."""
+  out = throughput.pipeline_rate(config, num_batches=batches, warmup=2, data=data)
+  return {**out, "batches": batches, "batch_size": config.batch_size}
 
 
 def loss_memory(mesh, batch_size=4096, captions_per_image=2, dim=1024):
@@ -323,10 +313,6 @@ def loss_memory(mesh, batch_size=4096, captions_per_image=2, dim=1024):
   form on one device (what a single device would need). From
   `jax.jit(...).lower(...).compile().memory_analysis().temp_size_in_bytes`.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from ditm_jax import losses, losses_sharded, sharding  # pylint: disable=g-import-not-at-top
 
   b, bk = batch_size, batch_size * captions_per_image
   out = {"batch_size": b, "captions_per_image": captions_per_image, "dim": dim,
@@ -361,8 +347,6 @@ def loss_memory(mesh, batch_size=4096, captions_per_image=2, dim=1024):
 
 def devices8_part(quick):
   """The 8-device measurements (run in a child with 8 CPU devices)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from ditm_jax import sharding  # pylint: disable=g-import-not-at-top
   config, data, model = demo_setup("tiny" if quick else None)
   mesh = sharding.make_mesh(config)
   batch = next(data.train.batches(config, 0))
@@ -395,7 +379,6 @@ def _run_devices8(quick):
 
 def run(quick=False):
   """All benchmarks; returns the JSON-ready results."""
-  import jax  # pylint: disable=g-import-not-at-top
   results = {"quick": quick, "machine": machine(), "notes": []}
   steps = 2 if quick else 7
   train_s, pairs_s, details = {}, {}, {}
@@ -439,7 +422,6 @@ def run(quick=False):
   results["peak_rss_mb"] = own
   results["peak_rss_children_mb"] = children
   results["machine"]["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
-  del jax
   return results
 
 
@@ -453,7 +435,8 @@ def table(results):
   for piece, s in profile.items():
     lines.append(f"| reference: {piece} (s) | {s:.3f} |")
   ev = results["eval"]
-  lines.append(f"| ranking {ev['shape'][0]}x{ev['shape'][1]} on device (s) | {ev['median_s']:.3f} |")
+  shape = "x".join(map(str, ev["shape"]))
+  lines.append(f"| ranking {shape} on device (s) | {ev['median_s']:.3f} |")
   if ev.get("numpy_s") is not None:
     lines.append(f"| ranking, NumPy reference (s) | {ev['numpy_s']:.2f} |")
   lines.append(f"| ranking from 1024-d embeddings (s) | {ev['from_embeddings_s']:.3f} |")

@@ -1,18 +1,20 @@
 """The DITM objective as a `jax.shard_map` over the data axis (DESIGN §3, §6).
 
 Device q of D holds B/D images and their B*K/D captions (image-major batches shard
-consistently). It all-gathers the captions and the images once and forms two blocks of
-the similarity matrix:
+consistently). It all-gathers the captions (and ids, descriptiveness) and forms its rows
+of the similarity matrix; one all-to-all of those rows gives it its columns:
 
   S_rows = img_q @ txt.T    (B/D, B*K)   its images against every caption: i2t, r, L_ord
-  S_cols = txt_q @ img.T    (B*K/D, B)   its captions against every image: t2i, r'
+  S_cols = S[:, cols_q].T   (B*K/D, B)   its captions against every image: t2i, r'
 
-so every reduction of the objective is local to one block (a row of S for image->text, a
-column of S for text->image), and the logits take O(B^2 K / D) memory per device instead of
-O(B^2 K). The per-device sums are added with one `psum`. Autodiff turns each all-gather into
-a reduce-scatter of the embedding gradients. The numbers equal `losses.objective` (the plain
-global form, the reference) up to float rounding; `tests/test_sharded_loss.py` checks values
-and gradients.
+So every reduction of the objective is local to one block (a row of S for image->text, a
+column for text->image; `losses.row_*` on row views), the logits take O(B^2 K / D) memory
+per device instead of O(B^2 K), and rows and columns hold the very same values. The
+per-device sums are added with one `psum`. In the backward pass the all-to-all sends the
+column gradients back to their rows and the all-gather becomes a reduce-scatter of the
+caption-embedding gradients. The numbers equal `losses.objective` (the plain global form,
+the reference) up to float rounding; `tests/test_sharded_loss.py` checks values and
+gradients.
 """
 # pylint: disable=invalid-name  # S, P, K: the formula's symbols.
 import functools

@@ -30,9 +30,11 @@ def replicated(mesh):
 
 
 def fsdp_spec(shape, devices, min_size):
-  """PartitionSpec of one array under FSDP: its largest dimension divisible by `devices` on
-  the data axis (the first such on ties), when it has at least `min_size` elements; else
-  replicated."""
+  """PartitionSpec of one array of `shape` under FSDP over `devices` devices.
+
+  Arrays of at least `min_size` elements put their largest dimension divisible by `devices`
+  (the first on ties) on the data axis; others stay replicated.
+  """
   if devices <= 1 or math.prod(shape) < min_size:
     return P()
   dims = [i for i, n in enumerate(shape) if n % devices == 0]
@@ -48,8 +50,9 @@ def state_shardings(mesh, abstract_state, config):
   Replicated by default. With `config.mesh.fsdp`, every array of at least
   `config.mesh.fsdp_min_size` elements is split over the data axis along its largest
   divisible dimension (`fsdp_spec`); the optimizer moments have their parameters' shapes,
-  so they follow them. The train step's jit then gathers parameters for the forward pass
-  and reduce-scatters their gradients.
+  so they follow them. The train step (`data_parallel`) all-gathers the parameters for the
+  forward and backward pass and reduce-scatters their gradients; the optimizer update runs
+  on the shards.
   """
   if not config.mesh.get("fsdp", False):
     return jax.tree.map(lambda _: replicated(mesh), abstract_state)

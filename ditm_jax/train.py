@@ -2,6 +2,7 @@
 
 import functools
 import math
+import os
 import time
 from typing import Any
 
@@ -166,7 +167,8 @@ class Trainer:
 
   def __init__(self, config, workdir):
     self.config = config
-    self.workdir = tf.io.gfile.join(workdir)
+    # Orbax needs absolute paths; URLs (gs://...) are absolute already.
+    self.workdir = workdir if "://" in workdir else os.path.abspath(workdir)
     self.is_main = jax.process_index() == 0
     _check_workdir(self.workdir)
     self.mesh = sharding.make_mesh(config)

@@ -64,3 +64,9 @@ def test_table_lists_every_measurement():
   for piece in ("train step demo", "reference: text tower", "5000x25000", "NumPy", "616,000",
                 "rows/s", "sharded objective", "1024 / 256 / 4096", "peak RSS"):
     assert piece in text, piece
+
+
+def test_pipeline_rate_of_the_demo():
+  config, data, _ = bench.demo_setup("tiny")
+  out = bench.time_pipeline(config, data, 3)
+  assert out["rows_per_s"] > 0 and out["batch_size"] == config.batch_size

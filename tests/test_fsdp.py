@@ -19,9 +19,10 @@ STEPS = 3
 
 def _worker(out_path, workdir):
   """Runs in a process with 8 CPU devices; writes losses, params and specs to `out_path`."""
-  import functools  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  from ditm_jax import bench, train  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import functools
+  import jax
+  from ditm_jax import bench, train
 
   out = {}
   for fsdp in (False, True):

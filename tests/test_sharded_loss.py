@@ -30,10 +30,11 @@ COMPILE_FAST = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_
 
 def _worker(out_path):
   """Runs in a process with 8 CPU devices; writes every case's numbers to `out_path`."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from ditm_jax import bench, losses, losses_sharded, sharding  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  from ditm_jax import bench, losses, losses_sharded, sharding
 
   config = ml_collections.ConfigDict({"mesh": {"data": -1}})
   mesh = sharding.make_mesh(config)

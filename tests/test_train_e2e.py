@@ -17,7 +17,8 @@ TINY = "configs/demo.py:tiny"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("demo")
-  proc = e2e.run(TINY, workdir)
+  # A relative --workdir, as in the README (Orbax itself needs absolute paths).
+  proc = e2e.run(TINY, os.path.relpath(workdir, e2e.ROOT))
   return workdir, proc
 
 
