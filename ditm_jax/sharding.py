@@ -96,3 +96,13 @@ def data_parallel(fn, mesh, params, config, out_specs):
 def global_batch(sharding, local_batch):
   """Assembles the global batch from this process's rows (per-host input)."""
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+def agree(value):
+  """Process 0's `value` (a number or bool) on every process, for host-side decisions that
+  lead to collectives (a checkpoint save must be entered by all processes or none)."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  # No stable spelling of this broadcast exists yet.
+  return type(value)(multihost_utils.broadcast_one_to_all(np.asarray(value)))

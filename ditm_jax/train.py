@@ -283,9 +283,10 @@ class Trainer:
       if due:
         results = evaluator.run(state.params, step, due)
         rsum = _first_rsum(results)
-        if rsum is not None and rsum > best_rsum and self._check_finite(state):
-          best_rsum = rsum
-          self.save(state, self.best, rsum=rsum)
+        # Process 0 decides, so that every process enters the (collective) save or none does.
+        if sharding.agree(rsum is not None and rsum > best_rsum) and self._check_finite(state):
+          best_rsum = sharding.agree(float(rsum))
+          self.save(state, self.best, rsum=best_rsum)
       if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
         self._check_finite(state)
         self.save(state)
