@@ -5,6 +5,13 @@ weights over the sorted index come from a small bidirectional GRU run over sine
 positional encodings of the index, so the pooling adapts to the set size.
 The GRU runs in `dtype` (e.g. bfloat16) with float32 parameters and carry; the
 pooling weights and the pooled features are float32.
+
+The weighted sum over the sorted values is computed without sorting: each value's
+descending rank among its set is counted by comparisons (`descending_ranks`, ties
+broken by position), and value i contributes `x_i * w[rank_i]`. That is the same sum
+(and the same gradients: d/dx_i = w[rank_i]) as `sort_pool`, the sort-based reference
+form, but XLA:CPU's comparator sort made the sort ~10x slower than the whole pooling
+(`python -m ditm_jax.bench`, "GPO fwd+bwd" rows).
 """
 
 from typing import Any
@@ -44,7 +51,42 @@ class GPO(nn.Module):
     valid = jnp.arange(n)[None, :] < lengths[:, None]
     scores = jnp.where(valid, scores / self.temperature, -1e9)
     weights = jax.nn.softmax(scores, axis=-1)
-    low = jnp.finfo(features.dtype).min
-    sorted_feats = -jnp.sort(-jnp.where(mask[..., None], features, low), axis=1)
-    sorted_feats = jnp.where(valid[..., None], sorted_feats, 0).astype(jnp.float32)
-    return jnp.einsum("bn,bnd->bd", weights, sorted_feats)
+    return rank_pool(features, mask, weights)
+
+
+def descending_ranks(features, mask):
+  """(B, N, D) int32: the 0-based descending rank of each value within its set.
+
+  Masked positions rank after every valid one; equal values are ordered by position,
+  so every rank 0..N-1 appears once per (b, d). The count runs as a loop over the N
+  positions (one fused compare-and-add per step): written as one expression, XLA fuses
+  the comparisons into the consumer's gather and recomputes them per element.
+  """
+  n = features.shape[1]
+  low = jnp.finfo(features.dtype).min
+  x = jax.lax.stop_gradient(jnp.where(mask[..., None], features, low))
+  position = jnp.arange(n)[None, :, None]
+
+  def count(j, ranks):
+    xj = jax.lax.dynamic_slice_in_dim(x, j, 1, axis=1)
+    ahead = jnp.where(j < position, xj >= x, xj > x)
+    return ranks + ahead.astype(jnp.int32)
+
+  return jax.lax.fori_loop(0, n, count, jnp.zeros(x.shape, jnp.int32))
+
+
+def rank_pool(features, mask, weights):
+  """sum_k weights[b, k] * (k-th largest valid value of features[b, :, d]), float32."""
+  ranks = descending_ranks(features, mask)
+  per_value = jax.vmap(lambda w, r: w[r])(weights, ranks)
+  values = jnp.where(mask[..., None], features, 0).astype(jnp.float32)
+  return jnp.sum(values * per_value, axis=1)
+
+
+def sort_pool(features, mask, weights):
+  """The reference form of `rank_pool`: sort each dimension, then weight the sorted index."""
+  valid = jnp.arange(features.shape[1])[None, :] < mask.sum(-1)[:, None]
+  low = jnp.finfo(features.dtype).min
+  sorted_feats = -jnp.sort(-jnp.where(mask[..., None], features, low), axis=1)
+  sorted_feats = jnp.where(valid[..., None], sorted_feats, 0).astype(jnp.float32)
+  return jnp.einsum("bn,bnd->bd", weights, sorted_feats)
