@@ -1,6 +1,6 @@
 """Benchmarks: train step, 5K ranking, descriptiveness, input pipeline, loss memory.
 
-  python -m ditm_jax.bench --out=FILE.json [--quick]
+  python -m ditm_jax.bench --out=FILE.json [--quick] [--torch_python=PYTHON]
 
 Prints a table and writes a JSON object with "train_step_s" (config name -> median seconds
 per step), "pairs_per_s", "eval_5k_s", "eval_5k_numpy_s", "descriptiveness_616k_s",
@@ -53,6 +53,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Write the JSON results here.")
 flags.DEFINE_bool("quick", False, "Small sizes and few repeats (a smoke run).")
 flags.DEFINE_enum("part", "main", ["main", "devices8"], "internal: the 8-device child part")
+flags.DEFINE_string("torch_python", None,
+                    "Also time the reference step in PyTorch (ditm_jax/bench_torch.py) with this "
+                    "Python interpreter, which must have torch and transformers installed.")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COCO_CAPTIONS = os.path.join(ROOT, os.pardir, "shared", "data", "coco", "testall_caps.txt")
@@ -377,9 +380,24 @@ def _run_devices8(quick):
       return json.load(f)
 
 
-def run(quick=False):
+def torch_reference(python):
+  """The PyTorch reading of the reference step (`ditm_jax.bench_torch`) run by `python`."""
+  proc = subprocess.run([python, "-m", "ditm_jax.bench_torch"], cwd=ROOT, capture_output=True,
+                        text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=1800,
+                        check=False)
+  lines = proc.stdout.strip().splitlines()
+  if proc.returncode != 0 or not lines:
+    last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    raise SystemExit(f"error: --torch_python={python}: ditm_jax.bench_torch failed "
+                     f"(exit {proc.returncode}): {last}")
+  return json.loads(lines[-1])
+
+
+def run(quick=False, torch_python=None):
   """All benchmarks; returns the JSON-ready results."""
   results = {"quick": quick, "machine": machine(), "notes": []}
+  if torch_python:  # first, so that a broken interpreter fails before the long part
+    results["torch_reference"] = torch_reference(torch_python)
   steps = 2 if quick else 7
   train_s, pairs_s, details = {}, {}, {}
 
@@ -434,6 +452,14 @@ def table(results):
   profile = results["train_step"].get("reference", {}).get("profile_s", {})
   for piece, s in profile.items():
     lines.append(f"| reference: {piece} (s) | {s:.3f} |")
+  torch_ref = results.get("torch_reference")
+  if torch_ref:
+    ours = results["train_step_s"]["reference"]
+    lines.append(f"| reference step, PyTorch {torch_ref['torch']} on this machine (s) | "
+                 f"{torch_ref['step_s']:.3f} (this code: {torch_ref['step_s'] / ours:.2f}x) |")
+    for piece in ("image_tower_fwd_bwd_s", "text_tower_fwd_bwd_s"):
+      lines.append(f"| reference, PyTorch: {piece[:-2].replace('_', ' ')} (s) | "
+                   f"{torch_ref[piece]:.3f} |")
   ev = results["eval"]
   shape = "x".join(map(str, ev["shape"]))
   lines.append(f"| ranking {shape} on device (s) | {ev['median_s']:.3f} |")
@@ -467,7 +493,7 @@ def main(argv):
   if FLAGS.part == "devices8":
     results = devices8_part(FLAGS.quick)
   else:
-    results = run(FLAGS.quick)
+    results = run(FLAGS.quick, FLAGS.torch_python)
     print(table(results), flush=True)
     for note in results["notes"]:
       print(f"note: {note}")

@@ -1,4 +1,9 @@
-"""Named loss variants (DESIGN §3). A variant is a set of config fields, never an `if`."""
+"""Named loss variants (DESIGN §3) and the config pieces every config shares.
+
+A variant is a set of config fields, never an `if`.
+"""
+
+import ml_collections
 
 VARIANTS = {
     # VSE-infinity: hardest-negative triplet loss, binary supervision, one caption per image.
@@ -41,3 +46,32 @@ def parse_arg(arg, known_flags=()):
       raise ValueError(f"unknown config argument {part!r}; known flags: {', '.join(known_flags)} "
                        "(and key=value pairs)")
   return values, flags
+
+
+def add_scale_fields(config):
+  """The mesh fields and the objective's form, the same defaults in every config."""
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1  # devices on the data axis; -1 = all visible devices
+  config.mesh.fsdp = False  # shard parameters and optimizer state over the data axis (FSDP)
+  config.mesh.fsdp_min_size = 1 << 16  # FSDP: arrays with fewer elements stay replicated
+  # The objective as a shard_map (ditm_jax/losses_sharded.py): each device forms its rows of
+  # S against all-gathered captions, O(B^2 K / devices) logits per device. False: the plain
+  # global form, gathers left to XLA. Same numbers. Measured: 8 CPU devices in one process,
+  # within 4% of the plain step; 2 processes x 4 devices, 1.8x faster (8 collectives a step
+  # instead of ~50); 33-43% less loss memory per device at B = 4,096 (ditm_jax.bench).
+  config.loss.sharded = True
+  return config
+
+
+def shrink_to_tiny(config):
+  """The CPU smoke-run sizes every config's `tiny` flag shares (seconds, same code paths)."""
+  config.total_steps = 40
+  config.batch_size = 32
+  config.log_every_steps = 10
+  config.eval_every_steps = 20
+  config.checkpoint_every_steps = 20
+  config.model.embed_dim = 64
+  config.model.mlp_hidden = 32
+  config.model.word_dim = 32
+  config.loss.relax_warmup_steps = 10
+  return config

@@ -64,9 +64,6 @@ def real_data_config(dataset, arg=None):
   c.keep_checkpoints = 2  # newest checkpoints kept (plus the best by the dev RSUM)
   c.export_at_end = True  # write .npy embeddings of every eval split after training
 
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1  # devices on the data axis; -1 = all visible devices
-
   c.data = ml_collections.ConfigDict()
   c.data.name = dataset  # prepared data (ditm_jax.data.prepare) of this data set
   c.data.dir = ""  # the prepared directory: written by --mode=prepare, read by training
@@ -112,6 +109,7 @@ def real_data_config(dataset, arg=None):
   c.loss.order_weight = 1.0  # lambda of the generic-to-specific ordering loss
   c.loss.order_gamma = 0.2  # gamma, margin per unit of descriptiveness gap
   c.loss.order_min_gap = 0.05  # delta, smallest descriptiveness gap that is ordered
+  presets.add_scale_fields(c)  # mesh.data, mesh.fsdp, mesh.fsdp_min_size, loss.sharded
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 5e-4  # AdamW learning rate (pretrained backbones x model.*_lr_mult)
@@ -128,19 +126,11 @@ def real_data_config(dataset, arg=None):
 
   presets.apply_variant(c, values.get("variant", "ditm"))
   if "tiny" in flags:  # seconds-long smoke run on a CPU, same data formats
-    c.total_steps = 40
-    c.batch_size = 32
-    c.log_every_steps = 10
-    c.eval_every_steps = 20
-    c.checkpoint_every_steps = 20
+    presets.shrink_to_tiny(c)
     c.export_at_end = False
     c.data.train_shards = 4
     c.data.shuffle_window = 256
-    c.model.embed_dim = 64
-    c.model.mlp_hidden = 32
-    c.model.word_dim = 32
     c.loss.sum_violation_steps = 5
-    c.loss.relax_warmup_steps = 10
     c.optim.lr = 1e-3
     c.optim.decay_steps = (30,)
     test = facts["splits"].split(",")[-1]  # small splits: no 1K folds

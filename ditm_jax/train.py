@@ -182,12 +182,18 @@ class Trainer:
     self.tx = make_optimizer(config)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     self.state_sharding, self._init = self._abstract_state()
-    self.checkpoints = ocp.CheckpointManager(
-        tf.io.gfile.join(self.workdir, "checkpoints"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
-    self.best = ocp.CheckpointManager(
-        tf.io.gfile.join(self.workdir, "best"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+    # Both managers may save the same step at once (the end of training), asynchronously:
+    # distinct barrier prefixes keep their cross-process barriers apart (one shared
+    # "_async_write_complete.<step>" key failed the save and then the shutdown barrier when
+    # two processes ran on a loaded machine).
+    manager = lambda name, keep: ocp.CheckpointManager(
+        tf.io.gfile.join(self.workdir, name),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=name)))
+    self.checkpoints = manager("checkpoints", config.keep_checkpoints)
+    self.best = manager("best", 1)
     self.writer = evaluate_lib.MetricsWriter(self.workdir, enabled=self.is_main)
 
   # ---------------------------------------------------------------- state

@@ -1,7 +1,10 @@
 """ditm_jax.bench, piece by piece (the whole run, `python -m ditm_jax.bench`, takes minutes)."""
+import importlib.util
 import math
+import sys
 
 import numpy as np
+import pytest
 
 from ditm_jax import bench
 
@@ -64,6 +67,33 @@ def test_table_lists_every_measurement():
   for piece in ("train step demo", "reference: text tower", "5000x25000", "NumPy", "616,000",
                 "rows/s", "sharded objective", "1024 / 256 / 4096", "peak RSS"):
     assert piece in text, piece
+
+
+def test_table_compares_the_pytorch_reading():
+  step = {"median_s": 0.5, "pairs_per_s": 256.0}
+  results = {
+      "train_step_s": {"reference": 0.5}, "pairs_per_s": {"reference": 256.0},
+      "train_step": {"reference": step},
+      "torch_reference": {"step_s": 1.0, "torch": "9.9", "image_tower_fwd_bwd_s": 0.3,
+                          "text_tower_fwd_bwd_s": 0.4},
+      "eval": {"shape": [5000, 25000], "median_s": 0.2, "from_embeddings_s": 0.4},
+      "descriptiveness": {"captions": 616000, "fit_plus_score_s": 12.0},
+      "pipeline_rows_per_s": 5000.0, "peak_rss_mb": 900.0,
+      "machine": {"cpu": "x", "usable_cores": 2, "backend": "cpu",
+                  "load_average_1_5_15": [1, 1, 1]},
+  }
+  text = bench.table(results)
+  assert "| reference step, PyTorch 9.9 on this machine (s) | 1.000 (this code: 2.00x) |" in text
+  assert "| reference, PyTorch: text tower fwd bwd (s) | 0.400 |" in text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is not None,
+                    reason="torch is installed here: the failure path cannot be shown")
+def test_torch_reference_without_torch_is_one_clear_error():
+  with pytest.raises(SystemExit) as raised:
+    bench.torch_reference(sys.executable)
+  message = str(raised.value)
+  assert message.startswith(f"error: --torch_python={sys.executable}: ") and "torch" in message
 
 
 def test_pipeline_rate_of_the_demo():

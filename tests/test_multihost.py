@@ -18,16 +18,6 @@ import pytest
 from tests import e2e_util as e2e
 
 TINY = "configs/demo.py:tiny"
-# Faster XLA:CPU compiles (the runs are compile-bound); every run here uses the same flags.
-COMPILE_FAST = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
-
-def _env(devices, **extra):
-  env = e2e.env(devices, **extra)
-  env["XLA_FLAGS"] += " " + COMPILE_FAST
-  return env
-
-
 def _free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -39,19 +29,16 @@ def _final_eval(workdir):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tiny_demo_8dev):
   """One process, 8 devices, uninterrupted."""
-  workdir = tmp_path_factory.mktemp("one_process")
-  subprocess.run(e2e.command(TINY, workdir), cwd=e2e.ROOT, env=_env(8), check=True,
-                 capture_output=True, timeout=600)
-  return workdir
+  return tiny_demo_8dev
 
 
 def _start_processes(workdir, count=2, devices=4):
   port = _free_port()
   procs = []
   for i in range(count):
-    env = _env(devices, DITM_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+    env = e2e.env(devices, DITM_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                DITM_NUM_PROCESSES=str(count), DITM_PROCESS_ID=str(i))
     procs.append(subprocess.Popen(e2e.command(TINY, workdir), cwd=e2e.ROOT, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -108,7 +95,7 @@ def _wait_for_line(proc, text, timeout=600):
 
 def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, reference):
   workdir = tmp_path / "preempted"
-  proc = subprocess.Popen(e2e.command(TINY, workdir), cwd=e2e.ROOT, env=_env(8),
+  proc = subprocess.Popen(e2e.command(TINY, workdir), cwd=e2e.ROOT, env=e2e.env(8),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     _wait_for_line(proc, "step     10/40")
@@ -125,7 +112,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, reference):
   assert max(e2e.train_losses(workdir)) <= stopped  # no final evaluation or export ran
   assert not (workdir / "export").exists()
 
-  rerun = subprocess.run(e2e.command(TINY, workdir), cwd=e2e.ROOT, env=_env(8),
+  rerun = subprocess.run(e2e.command(TINY, workdir), cwd=e2e.ROOT, env=e2e.env(8),
                          capture_output=True, text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert f"Resuming from checkpoint at step {stopped}" in rerun.stdout
@@ -157,7 +144,7 @@ def test_two_processes_stop_together_when_one_gets_sigterm(tmp_path):
     ({"DITM_COORDINATOR_ADDRESS": "127.0.0.1:1"}, "DITM_NUM_PROCESSES, DITM_PROCESS_ID"),
 ])
 def test_bad_distributed_environment_is_one_message(tmp_path, env, expected):
-  proc = subprocess.run(e2e.command(TINY, tmp_path), cwd=e2e.ROOT, env=_env(1, **env),
+  proc = subprocess.run(e2e.command(TINY, tmp_path), cwd=e2e.ROOT, env=e2e.env(1, **env),
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 1
   assert expected in proc.stderr and "Traceback" not in proc.stderr
@@ -166,7 +153,7 @@ def test_bad_distributed_environment_is_one_message(tmp_path, env, expected):
 def test_main_initializes_nothing_without_the_environment():
   code = ("import os, sys; sys.argv = ['x']; import ditm_jax.main as m; "
           "m._maybe_initialize_distributed(); print('jax' in sys.modules)")
-  out = subprocess.run([sys.executable, "-c", code], cwd=e2e.ROOT, env=_env(1),
+  out = subprocess.run([sys.executable, "-c", code], cwd=e2e.ROOT, env=e2e.env(1),
                        capture_output=True, text=True, timeout=120, check=True)
   assert out.stdout.strip() == "False"
 

@@ -1,5 +1,6 @@
-"""End to end on one tiny demo run: --mode=eval (with --step), --mode=export, plots, and
-`python -m ditm_jax.retrieve` for text and image queries and user errors."""
+"""End to end on the session's tiny demo run (40 steps; evaluated and saved at 20 and 40):
+--mode=eval (with --step), --mode=export, plots, and `python -m ditm_jax.retrieve` for text
+and image queries and user errors."""
 
 import json
 import shutil
@@ -15,17 +16,13 @@ from ditm_jax.evaluation import export
 from tests import e2e_util as e2e
 
 TINY = "configs/demo.py:tiny"
-# Six steps, evaluated and saved at 3 and 6: the shortest run with two checkpoints.
-FAST = ("--config.total_steps=6", "--config.log_every_steps=3", "--config.eval_every_steps=3",
-        "--config.checkpoint_every_steps=3", "--config.data.num_train=64",
-        "--config.data.num_test=40", "--config.batch_size=16", "--config.optim.warmup_steps=2")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("demo")
-  e2e.run(TINY, path, *FAST)
+def workdir(tiny_demo, tmp_path_factory):
+  path = tmp_path_factory.mktemp("retrieve") / "demo"
+  shutil.copytree(tiny_demo[0], path)  # this module deletes plots and exports
   return path
 
 
@@ -35,9 +32,9 @@ def _eval_line(workdir, step):
 
 def test_training_writes_config_export_and_plots(workdir):
   config = json.loads((workdir / "config.json").read_text())
-  assert config["total_steps"] == 6 and config["evals"]["export"]["type"] == "export"
+  assert config["total_steps"] == 40 and config["evals"]["export"]["type"] == "export"
   meta = json.loads((workdir / "export" / "test_export.json").read_text())
-  assert meta["step"] == 6 and meta["num_images"] == 40 and meta["num_captions"] == 200
+  assert meta["step"] == 40 and meta["num_images"] == 100 and meta["num_captions"] == 500
   for name in ("training_curves.png", "retrieval_examples.png"):
     assert (workdir / "plots" / name).read_bytes()[:8] == PNG, name
 
@@ -45,11 +42,11 @@ def test_training_writes_config_export_and_plots(workdir):
 def test_eval_mode_at_a_named_step(workdir):
   for png in (workdir / "plots").iterdir():
     png.unlink()
-  e2e.run(TINY, workdir, *FAST, "--step=3", mode="eval")
+  e2e.run(TINY, workdir, "--step=20", mode="eval")
   results = json.loads((workdir / "eval_results.json").read_text())
-  assert results["step"] == 3
-  logged = _eval_line(workdir, 3)
-  assert logged != _eval_line(workdir, 6)
+  assert results["step"] == 20
+  logged = _eval_line(workdir, 20)
+  assert logged != _eval_line(workdir, 40)
   for key in ("demo_test/rsum", "demo_test/i2t_r1", "demo_test/t2i_ndcg10", "demo_test/order_tau"):
     assert results[key] == pytest.approx(logged[key], rel=1e-5), key
   assert "| this run | demo_test |" in (workdir / "eval_results.md").read_text()
@@ -60,12 +57,12 @@ def test_eval_mode_at_a_named_step(workdir):
 def test_export_mode_writes_embeddings_and_sidecar(workdir):
   before = np.load(workdir / "export" / "test_images.npy")
   shutil.rmtree(workdir / "export")
-  e2e.run(TINY, workdir, *FAST, mode="export")
+  e2e.run(TINY, workdir, mode="export")
   out = export.load(str(workdir / "export"), "test")
   np.testing.assert_allclose(out.images, before, atol=1e-6)
-  assert out.images.shape == (40, 64) and out.captions.shape == (200, 64)
+  assert out.images.shape == (100, 64) and out.captions.shape == (500, 64)
   np.testing.assert_allclose(np.linalg.norm(out.captions, axis=1), 1, atol=1e-5)
-  assert out.meta["step"] == 6
+  assert out.meta["step"] == 40
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
   assert out.meta["config_hash"] == export.config_hash(config)
   assert out.meta["text_preprocessing"].startswith("bigru word vocab (")
@@ -85,8 +82,8 @@ def test_text_query_is_embedded_by_the_trained_model(workdir):
                          "--query", out.texts[k], "--top_k", "4"], cwd=e2e.ROOT,
                         env=e2e.env(), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr
-  assert proc.stdout.startswith(f'Query "{out.texts[k]}": top 4 of 40 images (test export, '
-                                "step 6)")
+  assert proc.stdout.startswith(f'Query "{out.texts[k]}": top 4 of 100 images (test export, '
+                                "step 40)")
   ids, scores = _rows(proc.stdout)
   want = out.images @ out.captions[k]
   order = np.argsort(-want, kind="stable")[:4]
@@ -110,13 +107,17 @@ def test_image_query_uses_the_exported_captions(workdir, capsys):
 
 
 def test_retrieve_user_errors(workdir, tmp_path, capsys):
+  exported = export.load(str(workdir / "export"), "test").image_ids
+  missing = next(i for i in range(10**6) if i not in set(exported.tolist()))
   cases = [
       ([f"--workdir={tmp_path}", "--query", "a cube"], "no export in"),
-      ([f"--workdir={workdir}", "--image_id", "3"], "image id 3 is not in the test export"),
+      ([f"--workdir={workdir}", "--image_id", str(missing)],
+       f"image id {missing} is not in the test export"),
       ([f"--workdir={workdir}", "--query", "  "], "--query is empty"),
       ([f"--workdir={workdir}", "--query", "a cube", "--split", "train"],
        "no export of split 'train'"),
-      ([f"--workdir={workdir}", "--image_id", "70", "--top_k", "0"], "--top_k must be"),
+      ([f"--workdir={workdir}", "--image_id", str(exported[0]), "--top_k", "0"],
+       "--top_k must be"),
       ([f"--workdir={workdir}"], "one of the arguments --query --image_id is required"),
   ]
   for argv, message in cases:
@@ -135,7 +136,7 @@ def test_retrieve_user_errors(workdir, tmp_path, capsys):
 def test_eval_of_a_missing_step_names_the_checkpoints(workdir):
   from ditm_jax import train  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-  with pytest.raises(train.UserError, match=r"no checkpoint of step 5 .*have \[3, 6\]"):
+  with pytest.raises(train.UserError, match=r"no checkpoint of step 5 .*have \[20, 40\]"):
     train.run(config, str(workdir), "eval", step=5)
   with pytest.raises(train.UserError, match="--step applies to"):
     train.run(config, str(workdir), "train", step=5)

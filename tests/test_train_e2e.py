@@ -15,11 +15,8 @@ TINY = "configs/demo.py:tiny"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("demo")
-  # A relative --workdir, as in the README (Orbax itself needs absolute paths).
-  proc = e2e.run(TINY, os.path.relpath(workdir, e2e.ROOT))
-  return workdir, proc
+def trained(tiny_demo):
+  return tiny_demo
 
 
 def test_train_writes_metrics_table_and_export(trained):
@@ -81,10 +78,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, trained):
   assert final(workdir) == pytest.approx(final(reference), rel=1e-6)
 
 
-def test_one_and_eight_devices_log_the_same_losses(tmp_path, trained):
+def test_one_and_eight_devices_log_the_same_losses(trained, tiny_demo_8dev):
   reference, _ = trained
-  e2e.run(TINY, tmp_path / "d8", devices=8)
-  one, eight = e2e.train_losses(reference), e2e.train_losses(tmp_path / "d8")
+  one, eight = e2e.train_losses(reference), e2e.train_losses(tiny_demo_8dev)
   assert sorted(one) == sorted(eight)
   for step in one:
     assert abs(one[step] - eight[step]) <= 1e-4 * abs(one[step]), (step, one[step], eight[step])
