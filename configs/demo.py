@@ -51,19 +51,7 @@ def get_config(arg=None):
   c.model.word_dim = 64  # word embedding width (bigru)
   config_fields.add_model_fields(c)  # bert_path, vit_path, *_lr_mult, freeze_*, data.image_size
 
-  c.loss = ml_collections.ConfigDict()
-  c.loss.matching = "triplet"  # 'triplet' | 'infonce'
-  c.loss.temperature = 0.05  # tau of the soft-target InfoNCE
-  c.loss.learn_temperature = False  # learn log(tau), clipped to [0.01, 1]
-  c.loss.margin = 0.2  # alpha of the triplet loss
-  c.loss.max_violation = True  # hardest negative (True) or sum over negatives
-  c.loss.sum_violation_steps = 4000 // 128  # sum over negatives for this many steps first
-  c.loss.relax_beta = 0.5  # beta, strength of false-negative relaxation
-  c.loss.relax_temp = 0.05  # tau_r of the relaxation sigmoid
-  c.loss.relax_warmup_steps = 4000 // 128  # beta rises linearly from 0 over one epoch
-  c.loss.order_weight = 1.0  # lambda of the generic-to-specific ordering loss
-  c.loss.order_gamma = 0.2  # gamma, margin per unit of descriptiveness gap
-  c.loss.order_min_gap = 0.05  # delta, smallest descriptiveness gap that is ordered
+  presets.add_loss_fields(c, warmup_steps=4000 // 128)  # one epoch of the 4,000 training images
   presets.add_scale_fields(c)  # mesh.data, mesh.fsdp, mesh.fsdp_min_size, loss.sharded
 
   c.optim = ml_collections.ConfigDict()

@@ -48,6 +48,28 @@ def parse_arg(arg, known_flags=()):
   return values, flags
 
 
+def add_loss_fields(config, warmup_steps):
+  """The objective's fields (DESIGN §3) with the DITM defaults; `variant=` then picks the terms.
+
+  `warmup_steps` (about one epoch) is both the sum-over-negatives phase of the triplet loss
+  and the linear ramp of beta.
+  """
+  config.loss = ml_collections.ConfigDict()
+  config.loss.matching = "triplet"  # 'triplet' | 'infonce'
+  config.loss.temperature = 0.05  # tau of the soft-target InfoNCE
+  config.loss.learn_temperature = False  # learn log(tau), clipped to [0.01, 1]
+  config.loss.margin = 0.2  # alpha of the triplet loss
+  config.loss.max_violation = True  # hardest negative (True) or sum over negatives
+  config.loss.sum_violation_steps = warmup_steps  # sum over negatives for this many steps first
+  config.loss.relax_beta = 0.5  # beta, strength of false-negative relaxation
+  config.loss.relax_temp = 0.05  # tau_r of the relaxation sigmoid
+  config.loss.relax_warmup_steps = warmup_steps  # beta rises linearly from 0 over these steps
+  config.loss.order_weight = 1.0  # lambda of the generic-to-specific ordering loss
+  config.loss.order_gamma = 0.2  # gamma, margin per unit of descriptiveness gap
+  config.loss.order_min_gap = 0.05  # delta, smallest descriptiveness gap that is ordered
+  return config
+
+
 def add_scale_fields(config):
   """The mesh fields and the objective's form, the same defaults in every config."""
   config.mesh = ml_collections.ConfigDict()

@@ -96,19 +96,7 @@ def real_data_config(dataset, arg=None):
   c.model.word_dim = 300  # word embedding width (bigru)
   config_fields.add_model_fields(c)  # bert_path, vit_path, lr multipliers (0.1), image_size
 
-  c.loss = ml_collections.ConfigDict()
-  c.loss.matching = "triplet"  # 'triplet' | 'infonce'
-  c.loss.temperature = 0.05  # tau of the soft-target InfoNCE
-  c.loss.learn_temperature = False  # learn log(tau), clipped to [0.01, 1]
-  c.loss.margin = 0.2  # alpha of the triplet loss
-  c.loss.max_violation = True  # hardest negative (True) or sum over negatives
-  c.loss.sum_violation_steps = epoch  # VSE-infinity: sum over negatives in epoch 0
-  c.loss.relax_beta = 0.5  # beta, strength of false-negative relaxation
-  c.loss.relax_temp = 0.05  # tau_r of the relaxation sigmoid
-  c.loss.relax_warmup_steps = epoch  # beta rises linearly from 0 over one epoch
-  c.loss.order_weight = 1.0  # lambda of the generic-to-specific ordering loss
-  c.loss.order_gamma = 0.2  # gamma, margin per unit of descriptiveness gap
-  c.loss.order_min_gap = 0.05  # delta, smallest descriptiveness gap that is ordered
+  presets.add_loss_fields(c, warmup_steps=epoch)  # VSE-infinity: epoch 0
   presets.add_scale_fields(c)  # mesh.data, mesh.fsdp, mesh.fsdp_min_size, loss.sharded
 
   c.optim = ml_collections.ConfigDict()

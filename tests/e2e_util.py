@@ -11,9 +11,11 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COMPILE_FAST = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
@@ -52,3 +54,15 @@ def metrics(workdir):
 
 def train_losses(workdir):
   return {r["step"]: r["train/loss"] for r in metrics(workdir) if "train/loss" in r}
+
+
+def kill_after(config, workdir, path, *overrides, timeout=240, **extra):
+  """Starts a training run and SIGKILLs it as soon as `path` (e.g. its first checkpoint) exists."""
+  proc = subprocess.Popen(command(config, workdir, *overrides), cwd=ROOT, env=env(**extra),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + timeout
+  while not path.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert path.exists(), f"the run never wrote {path}"

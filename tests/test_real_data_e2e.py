@@ -2,9 +2,6 @@
 after its first checkpoint resumes to the same losses and metrics. The runs share a JAX
 compilation cache, so only the first compiles."""
 
-import signal
-import subprocess
-import time
 
 import pytest
 
@@ -59,16 +56,7 @@ def test_prepared_data_trains_and_evaluates(setup):
 def test_killed_run_resumes_to_the_same_result(setup, tmp_path):
   flags, env, reference, _ = setup
   workdir = tmp_path / "killed"
-  proc = subprocess.Popen(e2e.command(CONFIG, workdir, *flags), cwd=e2e.ROOT,
-                          env=e2e.env(**env), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  first = workdir / "checkpoints" / "10"
-  deadline = time.time() + 240
-  while not first.exists() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert first.exists(), "the run never wrote its first checkpoint"
+  e2e.kill_after(CONFIG, workdir, workdir / "checkpoints" / "10", *flags, **env)
   out = e2e.run(CONFIG, workdir, *flags, **env)
   assert "Resuming from checkpoint" in out.stdout
   assert e2e.train_losses(workdir) == pytest.approx(e2e.train_losses(reference), rel=1e-6)

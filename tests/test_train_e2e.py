@@ -2,9 +2,7 @@
 resume after a kill, 1 vs 8 devices, and user errors."""
 
 import os
-import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -61,16 +59,7 @@ def test_eval_and_export_modes_reproduce_final_metrics(trained):
 def test_killed_run_resumes_to_the_same_result(tmp_path, trained):
   reference, _ = trained
   workdir = tmp_path / "killed"
-  cmd = e2e.command(TINY, workdir)
-  proc = subprocess.Popen(cmd, cwd=e2e.ROOT, env=e2e.env(), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  first = workdir / "checkpoints" / "20"
-  deadline = time.time() + 240
-  while not first.exists() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert first.exists(), "the run never wrote its first checkpoint"
+  e2e.kill_after(TINY, workdir, workdir / "checkpoints" / "20")
   out = e2e.run(TINY, workdir)
   assert "Resuming from checkpoint" in out.stdout
   assert e2e.train_losses(workdir) == pytest.approx(e2e.train_losses(reference), rel=1e-6)
