@@ -42,4 +42,3 @@ def shared_data():
   if not SHARED_DATA.is_dir():
     pytest.skip(f"{SHARED_DATA} not present (real annotation files live beside the checkout)")
   return SHARED_DATA
-

@@ -10,8 +10,8 @@ The weighted sum over the sorted values is computed without sorting: each value'
 descending rank among its set is counted by comparisons (`descending_ranks`, ties
 broken by position), and value i contributes `x_i * w[rank_i]`. That is the same sum
 (and the same gradients: d/dx_i = w[rank_i]) as `sort_pool`, the sort-based reference
-form, but XLA:CPU's comparator sort made the sort ~10x slower than the whole pooling
-(`python -m ditm_jax.bench`, "GPO fwd+bwd" rows).
+form; with XLA:CPU's comparator sort, GPO's fwd+bwd on (128, 36, 1024) took 0.51 s
+instead of 0.08 s on 2 CPU cores (`python -m ditm_jax.bench`, "GPO fwd+bwd" rows).
 """
 
 from typing import Any
