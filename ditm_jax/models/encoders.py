@@ -80,8 +80,9 @@ class BertTextEncoder(nn.Module):
     h = bert_lib.BertModel(self.bert_config, dtype=self.dtype, name=self.backbone)(tokens, mask)
     if self.freeze_backbone:
       h = jax.lax.stop_gradient(h)
-    x = nn.Dense(self.embed_dim, dtype=self.dtype, name="fc")(h)
-    return l2_normalize(GPO(dtype=self.dtype, name="gpo")(x, mask))
+    b, length, hidden = h.shape  # 2-D rows: plain matmuls for the weight gradient (see Mlp)
+    x = nn.Dense(self.embed_dim, dtype=self.dtype, name="fc")(h.reshape(b * length, hidden))
+    return l2_normalize(GPO(dtype=self.dtype, name="gpo")(x.reshape(b, length, -1), mask))
 
 
 class ViTImageEncoder(nn.Module):

@@ -74,8 +74,11 @@ class Mlp(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     dense = functools.partial(nn.Dense, kernel_init=self.kernel_init, dtype=self.dtype,
                               param_dtype=self.param_dtype)
-    h = activation(self.activation)(dense(self.hidden_features, name="fc1")(x))
-    return dense(x.shape[-1], name="fc2")(h)
+    # (B*L, F) rows: with a 2-D operand XLA:CPU runs the weight gradients as plain matmuls
+    # (3-D operands were first transposed into copies); BERT fwd+bwd 0.89 -> 0.79 s at 128x32.
+    flat = x.reshape(-1, x.shape[-1])
+    h = activation(self.activation)(dense(self.hidden_features, name="fc1")(flat))
+    return dense(x.shape[-1], name="fc2")(h).reshape(x.shape)
 
 
 class EncoderLayer(nn.Module):
