@@ -7,6 +7,7 @@ import os
 
 from absl import logging
 import jax
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import tensorflow as tf
 
@@ -62,8 +63,12 @@ def _batched(trainer, params, method, arrays, batch_size=500):
   fns = trainer.__dict__.setdefault("_embed_fns", {})
   if method not in fns:
     model = trainer.model
-    fns[method] = jax.jit(lambda p, b: model.apply({"params": p}, b, method=method),
-                          in_shardings=(None, trainer.batch_sharding),
+    # Each device embeds its own rows (a shard_map, as in the train step): a tower that packs
+    # its tokens (BERT, `model.text_token_capacity`) then packs per device.
+    embed = sharding.data_parallel(
+        lambda p, b: model.apply({"params": p}, b, method=method), trainer.mesh, params,
+        trainer.config, out_specs=P(sharding.DATA))
+    fns[method] = jax.jit(embed, in_shardings=(None, trainer.batch_sharding),
                           out_shardings=sharding.replicated(trainer.mesh))
   n = len(next(iter(arrays.values())))
   multiple = trainer.num_devices

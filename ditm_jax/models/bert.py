@@ -91,8 +91,14 @@ class BertModel(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-               token_type_ids: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
-    """Encodes int token ids (B, L); `attention_mask` (B, L) is 1 on real tokens, 0 on padding."""
+               token_type_ids: jax.Array | None = None, deterministic: bool = True,
+               packing: transformer.Packing | None = None) -> jax.Array:
+    """Encodes int token ids (B, L); `attention_mask` (B, L) is 1 on real tokens, 0 on padding.
+
+    With `packing` (of `attention_mask`, see `transformer.plan_packing`) the layers run on the
+    packed rows of the real tokens only, skipping the padding's dense work; the real tokens'
+    states are the same (up to float summation order) and the padding's come back as zeros.
+    """
     cfg = self.config
     if input_ids.shape[1] > cfg.max_position_embeddings:
       raise ValueError(f"Sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
@@ -102,6 +108,8 @@ class BertModel(nn.Module):
     mask = None if attention_mask is None else attention_mask.astype(bool)
     x = BertEmbeddings(cfg, self.dtype, self.param_dtype, name="embeddings")(
         input_ids, token_type_ids, deterministic)
+    if packing is not None:
+      x = packing.pack(x)
     for i in range(cfg.num_hidden_layers):
       x = transformer.EncoderLayer(
           num_heads=cfg.num_attention_heads, mlp_dim=cfg.intermediate_size,
@@ -109,8 +117,8 @@ class BertModel(nn.Module):
           dropout_rate=cfg.hidden_dropout_prob,
           attention_dropout_rate=cfg.attention_probs_dropout_prob,
           kernel_init=nn.initializers.normal(cfg.initializer_range), dtype=self.dtype,
-          param_dtype=self.param_dtype, name=f"layer_{i}")(x, mask, deterministic)
-    return x
+          param_dtype=self.param_dtype, name=f"layer_{i}")(x, mask, deterministic, packing)
+    return x if packing is None else packing.unpack(x, *input_ids.shape)
 
 
 def _hf_names(config: BertConfig) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from ditm_jax.models import bert as bert_lib
+from ditm_jax.models import transformer
 from ditm_jax.models import vit as vit_lib
 from ditm_jax.models.gpo import GPO
 
@@ -67,17 +68,31 @@ class BertTextEncoder(nn.Module):
   The valid tokens are those of `mask` (B, L), i.e. [CLS], the WordPieces and [SEP], as in
   VSE-infinity. Dropout is off (deterministic BERT). `freeze_backbone` stops the gradient at
   the BERT output, so a frozen BERT costs no backward pass.
+
+  `token_capacity` > 0 runs BERT on the packed valid tokens only (`transformer.Packing`): a
+  buffer of that fraction of the B x L positions. A batch with more valid tokens than fit
+  takes the padded path instead (`nn.cond`), so the result never depends on the capacity,
+  only the speed does. 0 keeps the padded path alone.
   """
   inputs: ClassVar[tuple[str, ...]] = ("tokens", "token_mask")
   backbone: ClassVar[str] = "bert"
   bert_config: bert_lib.BertConfig
   embed_dim: int
   freeze_backbone: bool = False
+  token_capacity: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, tokens, mask):
-    h = bert_lib.BertModel(self.bert_config, dtype=self.dtype, name=self.backbone)(tokens, mask)
+    bert = bert_lib.BertModel(self.bert_config, dtype=self.dtype, name=self.backbone)
+    capacity = transformer.packing_capacity(mask.shape, self.token_capacity)
+    # Captured intermediates keep the padded layout (the branches' shapes would differ).
+    if 0 < capacity < mask.size and not self.is_mutable_collection("intermediates"):
+      packing, fits = transformer.plan_packing(mask, capacity)
+      h = nn.cond(fits, lambda mdl, t, m, p: mdl(t, m, packing=p),
+                  lambda mdl, t, m, p: mdl(t, m), bert, tokens, mask, packing)
+    else:
+      h = bert(tokens, mask)
     if self.freeze_backbone:
       h = jax.lax.stop_gradient(h)
     b, length, hidden = h.shape  # 2-D rows: plain matmuls for the weight gradient (see Mlp)

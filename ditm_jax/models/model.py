@@ -118,6 +118,7 @@ def build(config, vocab_size: int, dtype: Any = jnp.float32) -> DualEncoder:
   elif m.text == "bert":
     text = encoders.BertTextEncoder(bert_config(config), embed_dim=m.embed_dim,
                                     freeze_backbone=m.get("freeze_text_backbone", False),
+                                    token_capacity=m.get("text_token_capacity", 0.0),
                                     dtype=dtype)
   else:
     raise ValueError(f"config.model.text={m.text!r} is not known; use 'bigru' or 'bert'")
