@@ -93,6 +93,9 @@ def real_data_config(dataset, arg=None):
   c.model.text = text  # text tower: 'bigru' | 'bert' (needs model.bert_path)
   c.model.embed_dim = 1024  # D of the joint space
   c.model.mlp_hidden = 512  # hidden width of the region MLP residual
+  # Region linear + MLP on the kept regions only (data.region_drop leaves 80% +- 0.6% of them
+  # at batch 128; evaluation keeps all and runs padded), packed into 85% of B x R rows.
+  c.model.region_capacity = 0.85
   c.model.word_dim = 300  # word embedding width (bigru)
   config_fields.add_model_fields(c)  # bert_path, vit_path, lr multipliers (0.1), image_size
 

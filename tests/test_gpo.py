@@ -39,6 +39,14 @@ def test_rank_pool_equals_numpy_sort(seed, ties):
   np.testing.assert_allclose(got, _numpy_pool(x, mask, w), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("n,dtype", [(256, np.uint8), (300, np.int32)])
+def test_long_sets_rank_in_a_wide_enough_type(n, dtype):
+  x, mask, w = _case(4, b=2, n=n, d=3, ties=True)
+  assert gpo.descending_ranks(jnp.asarray(x), jnp.asarray(mask)).dtype == dtype
+  got = np.asarray(jax.jit(gpo.rank_pool)(x, mask, w))
+  np.testing.assert_allclose(got, _numpy_pool(x, mask, w), rtol=1e-5, atol=1e-5)
+
+
 def test_ranks_are_a_permutation_with_masked_last():
   x, mask, _ = _case(3, ties=True)
   ranks = np.asarray(gpo.descending_ranks(jnp.asarray(x), jnp.asarray(mask)))

@@ -1,4 +1,4 @@
-"""Token packing (transformer.Packing): the BERT tower on its valid tokens only."""
+"""Packing (models/packing.py): BERT on its valid tokens, the region tower on kept regions."""
 import pathlib
 
 import jax
@@ -9,8 +9,8 @@ import pytest
 from ditm_jax.models import bert
 from ditm_jax.models import encoders
 from ditm_jax.models import model as model_lib
+from ditm_jax.models import packing
 from ditm_jax.models import tokenizer
-from ditm_jax.models import transformer
 
 BERT_DIR = pathlib.Path(__file__).resolve().parent / "golden" / "bert_tiny"
 TEXTS = ["A man riding a horse.", "Two dogs on the street", "a red car",
@@ -25,45 +25,58 @@ def _mask(seed=0, shape=(5, 7)):
 
 
 def test_capacity_rounds_up_to_eight_and_caps_at_all_positions():
-  assert transformer.packing_capacity((4, 10), 0.5) == 24  # 20 -> 24
-  assert transformer.packing_capacity((4, 10), 0.6) == 24
-  assert transformer.packing_capacity((4, 10), 0.61) == 32  # 24.4 -> 32
-  assert transformer.packing_capacity((4, 10), 0.99) == 40  # never past B x L
-  assert transformer.packing_capacity((4, 10), 0.0) == 0
+  assert packing.capacity((4, 10), 0.5) == 24  # 20 -> 24
+  assert packing.capacity((4, 10), 0.6) == 24
+  assert packing.capacity((4, 10), 0.61) == 32  # 24.4 -> 32
+  assert packing.capacity((4, 10), 0.99) == 40  # never past B x L
+  assert packing.capacity((4, 10), 0.0) == 0
 
 
 def test_pack_and_unpack_move_the_valid_rows_as_numpy_does():
   mask = _mask()
   x = np.random.default_rng(1).standard_normal(mask.shape + (3,)).astype(np.float32)
   n = int(mask.sum())
-  packing, fits = jax.jit(transformer.plan_packing, static_argnums=1)(mask, n + 5)
+  moves, fits = jax.jit(packing.plan, static_argnums=1)(mask, n + 5)
   assert bool(fits)
-  rows = np.asarray(packing.pack(jnp.asarray(x)))
+  rows = np.asarray(moves.pack(jnp.asarray(x)))
   np.testing.assert_array_equal(rows[:n], x[mask])  # row-major order of the valid tokens
   np.testing.assert_array_equal(rows[n:], 0)
-  back = np.asarray(packing.unpack(jnp.asarray(rows), *mask.shape))
+  back = np.asarray(moves.unpack(jnp.asarray(rows), *mask.shape))
   np.testing.assert_array_equal(back, np.where(mask[..., None], x, 0))
   # Too small a buffer: reported, so the caller takes the padded path.
-  assert not bool(transformer.plan_packing(jnp.asarray(mask), n - 1)[1])
+  assert not bool(packing.plan(jnp.asarray(mask), n - 1)[1])
 
 
 def test_gradients_of_pack_and_unpack_are_the_inverse_moves():
   mask = _mask(seed=2)
   n = int(mask.sum())
-  packing, _ = transformer.plan_packing(jnp.asarray(mask), n + 3)
+  moves, _ = packing.plan(jnp.asarray(mask), n + 3)
   rng = np.random.default_rng(3)
   cot_rows = rng.standard_normal((n + 3, 2)).astype(np.float32)
   x = jnp.zeros(mask.shape + (2,))
-  grad_x = jax.grad(lambda x: jnp.sum(packing.pack(x) * cot_rows))(x)
+  grad_x = jax.grad(lambda x: jnp.sum(moves.pack(x) * cot_rows))(x)
   want = np.zeros(mask.shape + (2,), np.float32)
   want[mask] = cot_rows[:n]  # each valid token receives its row's cotangent; padding none
   np.testing.assert_array_equal(grad_x, want)
   cot_x = rng.standard_normal(mask.shape + (2,)).astype(np.float32)
-  grad_rows = jax.grad(lambda r: jnp.sum(packing.unpack(r, *mask.shape) * cot_x))(
+  grad_rows = jax.grad(lambda r: jnp.sum(moves.unpack(r, *mask.shape) * cot_x))(
       jnp.zeros((n + 3, 2)))
   want_rows = np.zeros((n + 3, 2), np.float32)
   want_rows[:n] = cot_x[mask]  # empty rows feed nothing
   np.testing.assert_array_equal(grad_rows, want_rows)
+
+
+def _assert_same_value_and_grads(padded, packed, params, *inputs):
+  """Packed tower == padded tower: outputs, and every gradient leaf to 1e-5 of the largest."""
+  np.testing.assert_allclose(jax.jit(packed.apply)({"params": params}, *inputs),
+                             jax.jit(padded.apply)({"params": params}, *inputs), atol=2e-6)
+  weights = jnp.arange(packed.embed_dim, dtype=jnp.float32) / packed.embed_dim
+  grad = lambda tower: jax.jit(jax.grad(
+      lambda p: jnp.sum(tower.apply({"params": p}, *inputs) * weights)))(params)
+  want, got = grad(padded), grad(packed)
+  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(want))
+  jax.tree.map_with_path(lambda path, a, b: np.testing.assert_allclose(
+      a, b, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path)), got, want)
 
 
 @pytest.fixture(scope="module")
@@ -77,41 +90,45 @@ def bert_tower_inputs():
   return module.config, params, jnp.asarray(ids), jnp.asarray(mask)
 
 
-def _value_and_grad(tower, params, ids, mask):
-  weights = jnp.arange(24.0) / 24
-  return jax.jit(jax.value_and_grad(
-      lambda p: jnp.sum(tower.apply({"params": p}, ids, mask) * weights)))(params)
-
-
 @pytest.mark.parametrize("capacity", [0.75, 0.2])  # 0.2 cannot hold them: the padded path
 def test_packed_bert_tower_equals_the_padded_one(bert_tower_inputs, capacity):
   config, params, ids, mask = bert_tower_inputs
   assert 0.2 * mask.size < int(mask.sum()) <= 0.75 * mask.size
   padded = encoders.BertTextEncoder(config, embed_dim=24)
   packed = encoders.BertTextEncoder(config, embed_dim=24, token_capacity=capacity)
-  want = jax.jit(padded.apply)({"params": params}, ids, mask)
-  got = jax.jit(packed.apply)({"params": params}, ids, mask)
-  np.testing.assert_allclose(got, want, atol=2e-6)
-  (loss_want, grad_want), (loss_got, grad_got) = (
-      _value_and_grad(t, params, ids, mask) for t in (padded, packed))
-  np.testing.assert_allclose(loss_got, loss_want, rtol=1e-6)
-  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grad_want))
-  for path, g_want in jax.tree_util.tree_flatten_with_path(grad_want)[0]:
-    g_got = grad_got
-    for key in path:
-      g_got = g_got[key.key]
-    np.testing.assert_allclose(g_got, g_want, atol=1e-5 * scale,
-                               err_msg=jax.tree_util.keystr(path))
-  # The padded positions' token ids change nothing either way.
-  other_ids = jnp.where(mask, ids, 7)
-  np.testing.assert_allclose(jax.jit(packed.apply)({"params": params}, other_ids, mask), got,
-                             atol=1e-6)
+  _assert_same_value_and_grads(padded, packed, params, ids, mask)
+  # The padded positions' token ids change nothing.
+  apply = jax.jit(packed.apply)
+  np.testing.assert_allclose(apply({"params": params}, jnp.where(mask, ids, 7), mask),
+                             apply({"params": params}, ids, mask), atol=1e-6)
 
 
-def test_build_reads_text_token_capacity():
+def test_build_reads_the_capacities():
   from configs import demo  # pylint: disable=g-import-not-at-top
   c = demo.get_config("tiny")
   c.model.text, c.model.bert_path, c.data.max_tokens = "bert", str(BERT_DIR), 16
-  assert model_lib.build(c, vocab_size=10).text_tower.token_capacity == 0.75
-  c.model.text_token_capacity = 0.0
-  assert model_lib.build(c, vocab_size=10).text_tower.token_capacity == 0.0
+  model = model_lib.build(c, vocab_size=10)
+  assert (model.text_tower.token_capacity, model.image_tower.region_capacity) == (0.75, 0.0)
+  c.model.text_token_capacity, c.model.region_capacity = 0.0, 0.85
+  model = model_lib.build(c, vocab_size=10)
+  assert (model.text_tower.token_capacity, model.image_tower.region_capacity) == (0.0, 0.85)
+
+
+@pytest.mark.parametrize("drop", [0.3, 0.0])  # 0.0 keeps every region: the padded path
+def test_region_tower_on_kept_regions_equals_padded(drop):
+  rng = np.random.default_rng(5)
+  regions = rng.standard_normal((6, 10, 16)).astype(np.float32)
+  mask = rng.random((6, 10)) >= drop
+  mask[:, 0] = True
+  padded = encoders.RegionEncoder(embed_dim=12, mlp_hidden=8)
+  packed = encoders.RegionEncoder(embed_dim=12, mlp_hidden=8, region_capacity=0.8)
+  params = jax.jit(padded.init)(jax.random.key(1), regions, mask)["params"]
+  # The same parameters, by name and shape, whichever layout runs.
+  assert jax.tree.map(jnp.shape, jax.jit(packed.init)(jax.random.key(1), regions, mask)[
+      "params"]) == jax.tree.map(jnp.shape, params)
+  assert (int(mask.sum()) <= 48) == (drop > 0)  # 48 = 0.8 x 60 rows
+  _assert_same_value_and_grads(padded, packed, params, regions, mask)
+  # Dropped regions' features change nothing.
+  other = np.where(mask[..., None], regions, 1e3).astype(np.float32)
+  np.testing.assert_allclose(jax.jit(packed.apply)({"params": params}, other, mask),
+                             jax.jit(packed.apply)({"params": params}, regions, mask), atol=1e-6)

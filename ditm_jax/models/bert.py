@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ditm_jax.models import hf_import
+from ditm_jax.models import packing as packing_lib
 from ditm_jax.models import transformer
 
 
@@ -92,10 +93,10 @@ class BertModel(nn.Module):
   @nn.compact
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                token_type_ids: jax.Array | None = None, deterministic: bool = True,
-               packing: transformer.Packing | None = None) -> jax.Array:
+               packing: packing_lib.Packing | None = None) -> jax.Array:
     """Encodes int token ids (B, L); `attention_mask` (B, L) is 1 on real tokens, 0 on padding.
 
-    With `packing` (of `attention_mask`, see `transformer.plan_packing`) the layers run on the
+    With `packing` (of `attention_mask`, see `packing.plan`) the layers run on the
     packed rows of the real tokens only, skipping the padding's dense work; the real tokens'
     states are the same (up to float summation order) and the padding's come back as zeros.
     """

@@ -15,6 +15,9 @@ MODEL_FIELDS = {
     "text_token_capacity": (0.75, "model.text='bert': run BERT on the valid tokens packed into "
                                   "this fraction of the B x L positions (0: padded); a batch "
                                   "with more tokens runs padded, so only speed depends on it"),
+    "region_capacity": (0.0, "model.image='regions': run the region linear + MLP on the kept "
+                             "regions packed into this fraction of the B x R positions (0: "
+                             "padded); a batch with more regions runs padded"),
     "vit_path": ("", "model.image='vit': ViT checkpoint dir or hub name"),
     "image_lr_mult": (0.1, "learning rate of the pretrained image backbone, x optim.lr"),
     "freeze_image_backbone": (False, "keep the pretrained image backbone fixed (no gradient)"),
@@ -29,7 +32,7 @@ def add_model_fields(config: ml_collections.ConfigDict) -> ml_collections.Config
   """Adds the backbone fields above to `config.model` / `config.data` where not already set.
 
   Fields: model.bert_path, model.text_lr_mult, model.freeze_text_backbone,
-  model.text_token_capacity, model.vit_path,
+  model.text_token_capacity, model.region_capacity, model.vit_path,
   model.image_lr_mult, model.freeze_image_backbone, data.image_size. Selecting the towers is
   `model.text = 'bigru' | 'bert'` and `model.image = 'regions' | 'vit'`.
   """

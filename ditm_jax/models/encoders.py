@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from ditm_jax.models import bert as bert_lib
-from ditm_jax.models import transformer
+from ditm_jax.models import packing as packing_lib
 from ditm_jax.models import vit as vit_lib
 from ditm_jax.models.gpo import GPO
 
@@ -24,19 +24,29 @@ def l2_normalize(x, eps=1e-8):
 
 
 class RegionEncoder(nn.Module):
-  """Precomputed regions (B, R, F): linear F->D plus a two-layer MLP residual, GPO."""
+  """Precomputed regions (B, R, F): linear F->D plus a two-layer MLP residual, GPO.
+
+  `region_capacity` > 0 runs the linear and MLP on the kept regions only (training drops
+  `data.region_drop` of them), packed into that fraction of the B x R positions; a batch with
+  more regions (evaluation keeps all) takes the padded path, so only speed depends on it.
+  """
   inputs: ClassVar[tuple[str, ...]] = ("regions", "region_mask")
   embed_dim: int
   mlp_hidden: int
+  region_capacity: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, regions, mask):
-    x = regions.astype(self.dtype)
-    linear = nn.Dense(self.embed_dim, dtype=self.dtype, name="fc")(x)
-    h = nn.relu(nn.Dense(self.mlp_hidden, dtype=self.dtype, name="mlp_in")(x))
-    h = nn.Dense(self.embed_dim, dtype=self.dtype, name="mlp_out")(h)
-    return l2_normalize(GPO(dtype=self.dtype, name="gpo")(linear + h, mask))
+    def project(mdl, regions, packing):
+      x = regions.astype(self.dtype)
+      x = x if packing is None else packing.pack(x)
+      linear = nn.Dense(self.embed_dim, dtype=self.dtype, name="fc", parent=mdl)(x)
+      h = nn.relu(nn.Dense(self.mlp_hidden, dtype=self.dtype, name="mlp_in", parent=mdl)(x))
+      h = nn.Dense(self.embed_dim, dtype=self.dtype, name="mlp_out", parent=mdl)(h)
+      return linear + h if packing is None else packing.unpack(linear + h, *mask.shape)
+    x = packing_lib.packed_or_padded(self, project, mask, self.region_capacity, regions)
+    return l2_normalize(GPO(dtype=self.dtype, name="gpo")(x, mask))
 
 
 class BiGRUTextEncoder(nn.Module):
@@ -69,7 +79,7 @@ class BertTextEncoder(nn.Module):
   VSE-infinity. Dropout is off (deterministic BERT). `freeze_backbone` stops the gradient at
   the BERT output, so a frozen BERT costs no backward pass.
 
-  `token_capacity` > 0 runs BERT on the packed valid tokens only (`transformer.Packing`): a
+  `token_capacity` > 0 runs BERT on the packed valid tokens only (`packing.Packing`): a
   buffer of that fraction of the B x L positions. A batch with more valid tokens than fit
   takes the padded path instead (`nn.cond`), so the result never depends on the capacity,
   only the speed does. 0 keeps the padded path alone.
@@ -85,14 +95,8 @@ class BertTextEncoder(nn.Module):
   @nn.compact
   def __call__(self, tokens, mask):
     bert = bert_lib.BertModel(self.bert_config, dtype=self.dtype, name=self.backbone)
-    capacity = transformer.packing_capacity(mask.shape, self.token_capacity)
-    # Captured intermediates keep the padded layout (the branches' shapes would differ).
-    if 0 < capacity < mask.size and not self.is_mutable_collection("intermediates"):
-      packing, fits = transformer.plan_packing(mask, capacity)
-      h = nn.cond(fits, lambda mdl, t, m, p: mdl(t, m, packing=p),
-                  lambda mdl, t, m, p: mdl(t, m), bert, tokens, mask, packing)
-    else:
-      h = bert(tokens, mask)
+    h = packing_lib.packed_or_padded(
+        bert, lambda mdl, t, m, p: mdl(t, m, packing=p), mask, self.token_capacity, tokens, mask)
     if self.freeze_backbone:
       h = jax.lax.stop_gradient(h)
     b, length, hidden = h.shape  # 2-D rows: plain matmuls for the weight gradient (see Mlp)

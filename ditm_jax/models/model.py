@@ -107,7 +107,8 @@ def build(config, vocab_size: int, dtype: Any = jnp.float32) -> DualEncoder:
   """The model described by `config.model` (towers chosen by name), computing in `dtype`."""
   m = config.model
   if _image_tower_class(m.image) is encoders.RegionEncoder:
-    image = encoders.RegionEncoder(embed_dim=m.embed_dim, mlp_hidden=m.mlp_hidden, dtype=dtype)
+    image = encoders.RegionEncoder(embed_dim=m.embed_dim, mlp_hidden=m.mlp_hidden,
+                                   region_capacity=m.get("region_capacity", 0.0), dtype=dtype)
   else:
     image = encoders.ViTImageEncoder(vit_config(config), embed_dim=m.embed_dim,
                                      freeze_backbone=m.get("freeze_image_backbone", False),

@@ -5,12 +5,13 @@ logits and softmax always in float32, other arithmetic in `dtype` (e.g. bfloat16
 `param_dtype`. Dropout draws from the 'dropout' RNG stream when `deterministic=False`.
 """
 import functools
-import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from ditm_jax.models import packing as packing_lib
 
 Dtype = Any
 
@@ -34,69 +35,6 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
   return _ACTIVATIONS[name]
 
 
-@jax.custom_vjp
-def _move_rows(x: jax.Array, index: jax.Array, inverse: jax.Array) -> jax.Array:
-  """x[index] along axis 0 (zero rows where `index` is out of range).
-
-  `inverse` undoes `index` on the rows it moves, so the gradient is the same kind of gather
-  (`g[inverse]`) rather than a scatter-add, which XLA:CPU runs one element at a time.
-  """
-  return jnp.take(x, index, axis=0, mode="fill", fill_value=0)
-
-
-def _move_rows_fwd(x, index, inverse):
-  return _move_rows(x, index, inverse), (index, inverse)
-
-
-def _move_rows_bwd(residual, g):
-  index, inverse = residual
-  return _move_rows(g, inverse, index), None, None
-
-
-_move_rows.defvjp(_move_rows_fwd, _move_rows_bwd)
-
-
-class Packing(NamedTuple):
-  """Where the valid tokens of a (B, L) batch sit in a packed buffer of C rows.
-
-  The valid tokens fill rows 0.. in order (row-major over B x L); the rest hold zeros.
-  slot:   (B*L,) int32, the row of each position (C: none, for padding).
-  source: (C,) int32, the position of each row (B*L: none, for an empty row).
-  Packing runs per device: the train step and evaluation embed each device's rows inside a
-  shard_map (`sharding.data_parallel`), so no token moves between devices.
-  """
-  slot: jax.Array
-  source: jax.Array
-
-  def pack(self, x: jax.Array) -> jax.Array:
-    """(B, L, ...) -> (C, ...): the valid tokens' rows; empty rows are zero."""
-    return _move_rows(x.reshape(-1, *x.shape[2:]), self.source, self.slot)
-
-  def unpack(self, rows: jax.Array, batch: int, length: int) -> jax.Array:
-    """(C, ...) -> (B, L, ...): each token's row back in place; padding is zero."""
-    return _move_rows(rows, self.slot, self.source).reshape(batch, length, *rows.shape[1:])
-
-
-def packing_capacity(mask_shape: tuple[int, int], fraction: float) -> int:
-  """Rows for `fraction` of a (B, L) batch's positions, rounded up to a multiple of 8."""
-  positions = math.prod(mask_shape)
-  return min(positions, -(-math.ceil(fraction * positions) // 8) * 8)
-
-
-def plan_packing(mask: jax.Array, capacity: int) -> tuple[Packing, jax.Array]:
-  """(Packing of `mask`'s True positions into `capacity` rows, whether they all fit).
-
-  Tokens beyond `capacity` are left out, so a caller must check `fits` (and take the padded
-  path when it is False).
-  """
-  flat = mask.reshape(-1)
-  slot = jnp.where(flat, jnp.cumsum(flat, dtype=jnp.int32) - 1, capacity)
-  source = jnp.full((capacity,), flat.size, jnp.int32).at[slot].set(
-      jnp.arange(flat.size, dtype=jnp.int32), mode="drop")
-  fits = jnp.sum(flat) <= capacity
-  return Packing(jnp.minimum(slot, capacity), source), fits
-
-
 class SelfAttention(nn.Module):
   """Multi-head self-attention; `mask` (B, L) marks the keys that may be attended to."""
   num_heads: int
@@ -108,7 +46,7 @@ class SelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool,
-               packing: Packing | None = None) -> jax.Array:
+               packing: packing_lib.Packing | None = None) -> jax.Array:
     """x: (B, L, F), or packed rows (C, F) of `mask`'s tokens when `packing` is given."""
     if packing is None:
       batch, length, features = x.shape
@@ -172,7 +110,7 @@ class EncoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool,
-               packing: Packing | None = None) -> jax.Array:
+               packing: packing_lib.Packing | None = None) -> jax.Array:
     """x: (B, L, F), or the packed rows (C, F) of `mask`'s tokens (see `Packing`)."""
     norm = functools.partial(layer_norm, self.layer_norm_eps, self.dtype, self.param_dtype)
     dropout = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
