@@ -208,10 +208,10 @@ def profile_reference(config, model, batch):
   params = jax.jit(model.init)(jax.random.key(0), jax.tree.map(jnp.asarray, batch))["params"]
   batch = jax.tree.map(jnp.asarray, batch)
 
-  def tower_grad(name, method):
-    def loss(p):
+  def tower_grad(name, method):  # the batch is an argument, as in training (not a constant)
+    def loss(p, batch):
       return jnp.sum(model.apply({"params": p}, batch, method=method) ** 2)
-    return name, jax.jit(jax.grad(loss)), (params,)
+    return name, jax.jit(jax.grad(loss)), (params, batch)
 
   img, txt, _ = jax.jit(model.apply)({"params": params}, batch)
   kwargs = dict(matching="triplet", temperature=0.05, margin=0.2, max_violation=True, beta=0.0,
@@ -224,9 +224,9 @@ def profile_reference(config, model, batch):
     sub = params[tower]["gpo"]
     feats = jax.random.normal(jax.random.key(1), (128, 36 if tower == "image_tower" else 32, 1024))
     mask = batch["region_mask"] if tower == "image_tower" else batch["token_mask"]
-    fn = jax.jit(jax.grad(lambda p, x: jnp.sum(gpo.GPO().apply({"params": p}, x, mask) ** 2),
+    fn = jax.jit(jax.grad(lambda p, x, m: jnp.sum(gpo.GPO().apply({"params": p}, x, m) ** 2),
                           argnums=(0, 1)))
-    return f"{tower} GPO fwd+bwd", fn, (sub, feats)
+    return f"{tower} GPO fwd+bwd", fn, (sub, feats, mask)
 
   pieces = [tower_grad("image tower fwd+bwd", "embed_images"),
             tower_grad("text tower fwd+bwd", "embed_texts"),
