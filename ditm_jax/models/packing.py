@@ -62,18 +62,18 @@ def capacity(mask_shape: tuple[int, int], fraction: float) -> int:
   return min(positions, -(-math.ceil(fraction * positions) // 8) * 8)
 
 
-def plan(mask: jax.Array, capacity: int) -> tuple[Packing, jax.Array]:
-  """(Packing of `mask`'s True positions into `capacity` rows, whether they all fit).
+def plan(mask: jax.Array, rows: int) -> tuple[Packing, jax.Array]:
+  """(Packing of `mask`'s True positions into `rows` rows, whether they all fit).
 
-  Tokens beyond `capacity` are left out, so a caller must check `fits` (and take the padded
+  Positions beyond `rows` are left out, so a caller must check `fits` (and take the padded
   path when it is False).
   """
   flat = mask.reshape(-1)
-  slot = jnp.where(flat, jnp.cumsum(flat, dtype=jnp.int32) - 1, capacity)
-  source = jnp.full((capacity,), flat.size, jnp.int32).at[slot].set(
+  slot = jnp.where(flat, jnp.cumsum(flat, dtype=jnp.int32) - 1, rows)
+  source = jnp.full((rows,), flat.size, jnp.int32).at[slot].set(
       jnp.arange(flat.size, dtype=jnp.int32), mode="drop")
-  fits = jnp.sum(flat) <= capacity
-  return Packing(jnp.minimum(slot, capacity), source), fits
+  fits = jnp.sum(flat) <= rows
+  return Packing(jnp.minimum(slot, rows), source), fits
 
 
 def packed_or_padded(mdl: nn.Module, fn: Callable[..., Any], mask: jax.Array, fraction: float,
