@@ -209,9 +209,10 @@ def profile_reference(config, model, batch):
   batch = jax.tree.map(jnp.asarray, batch)
 
   def tower_grad(name, method):  # the batch is an argument, as in training (not a constant)
-    def loss(p, batch):
-      return jnp.sum(model.apply({"params": p}, batch, method=method) ** 2)
-    return name, jax.jit(jax.grad(loss)), (params, batch)
+    def grad(p, batch):  # packed or padded as the train step chooses (one cond)
+      return model_lib.select_packing(model, lambda m: jax.grad(
+          lambda p: jnp.sum(m.apply({"params": p}, batch, method=method) ** 2))(p), batch)
+    return name, jax.jit(grad), (params, batch)
 
   img, txt, _ = jax.jit(model.apply)({"params": params}, batch)
   kwargs = dict(matching="triplet", temperature=0.05, margin=0.2, max_violation=True, beta=0.0,

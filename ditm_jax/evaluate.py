@@ -15,6 +15,7 @@ from ditm_jax import sharding
 from ditm_jax.data import pipeline
 from ditm_jax.evaluation import evaluators
 from ditm_jax.evaluation import plots
+from ditm_jax.models import model as model_lib
 
 
 class MetricsWriter:
@@ -64,10 +65,13 @@ def _batched(trainer, params, method, arrays, batch_size=500):
   if method not in fns:
     model = trainer.model
     # Each device embeds its own rows (a shard_map, as in the train step): a tower that packs
-    # its tokens (BERT, `model.text_token_capacity`) then packs per device.
-    embed = sharding.data_parallel(
-        lambda p, b: model.apply({"params": p}, b, method=method), trainer.mesh, params,
-        trainer.config, out_specs=P(sharding.DATA))
+    # its tokens (BERT, `model.text_token_capacity`) then packs per device, when they fit.
+    def embed(p, b):
+      def run(m):
+        return sharding.data_parallel(
+            lambda p, b: m.apply({"params": p}, b, method=method), trainer.mesh, params,
+            trainer.config, out_specs=P(sharding.DATA))(p, b)
+      return model_lib.select_packing(model, run, b, trainer.num_devices)
     fns[method] = jax.jit(embed, in_shardings=(None, trainer.batch_sharding),
                           out_shardings=sharding.replicated(trainer.mesh))
   n = len(next(iter(arrays.values())))

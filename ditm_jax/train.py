@@ -134,20 +134,24 @@ def train_step(state, batch, *, model, tx, config, mesh=None):
   if mesh is not None and config.loss.get("sharded", False):
     objective = functools.partial(losses_sharded.objective, mesh=mesh, axis=sharding.DATA)
 
-  def embed(params, batch):
-    img, txt, _ = model.apply({"params": params}, batch)
-    return img, txt
-  if mesh is not None:  # each device embeds its rows; one gradient reduction at the end
-    embed = sharding.data_parallel(embed, mesh, state.params, config,
-                                   out_specs=(P(sharding.DATA), P(sharding.DATA)))
+  def value_and_grad(model):
+    def embed(params, batch):
+      img, txt, _ = model.apply({"params": params}, batch)
+      return img, txt
+    if mesh is not None:  # each device embeds its rows; one gradient reduction at the end
+      embed = sharding.data_parallel(embed, mesh, state.params, config,
+                                     out_specs=(P(sharding.DATA), P(sharding.DATA)))
 
-  def loss_fn(params):
-    img, txt = embed(params, batch)
-    return objective(img, txt, batch["image_ids"], batch["desc"],
-                     temperature=temperature(config, params["log_temperature"]),
-                     step=state.step, **loss_kwargs(config))
+    def loss_fn(params):
+      img, txt = embed(params, batch)
+      return objective(img, txt, batch["image_ids"], batch["desc"],
+                       temperature=temperature(config, params["log_temperature"]),
+                       step=state.step, **loss_kwargs(config))
+    return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
 
-  (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  # Towers that pack their valid tokens/regions do so when this batch fits on every device.
+  shards = 1 if mesh is None else mesh.shape[sharding.DATA]
+  (loss, terms), grads = model_lib.select_packing(model, value_and_grad, batch, shards)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ok = jnp.isfinite(loss)

@@ -132,3 +132,122 @@ def test_region_tower_on_kept_regions_equals_padded(drop):
   other = np.where(mask[..., None], regions, 1e3).astype(np.float32)
   np.testing.assert_allclose(jax.jit(packed.apply)({"params": params}, other, mask),
                              jax.jit(packed.apply)({"params": params}, regions, mask), atol=1e-6)
+
+
+@pytest.mark.parametrize("shards", [1, 2, 4])
+def test_fits_checks_each_devices_rows_as_numpy_does(shards):
+  rng = np.random.default_rng(shards)
+  for _ in range(20):
+    mask = rng.random((8, 6)) < rng.uniform(0.4, 0.9)
+    want = all(block.sum() <= packing.capacity(block.shape, 0.7)
+               for block in np.split(mask, shards))
+    assert bool(packing.fits(jnp.asarray(mask), 0.7, shards)) == want
+  # 32 of 80 positions fit in 0.5 of the batch (40 rows), but not when the first device's
+  # 4 rows hold 28 of them (its buffer: 0.5 x 40 = 20, rounded up to 24 rows).
+  mask = np.arange(10)[None] < np.array([7, 7, 7, 7, 1, 1, 1, 1])[:, None]
+  assert bool(packing.fits(mask, 0.5, 1)) and not bool(packing.fits(mask, 0.5, 2))
+
+
+def _dual_encoder(bert_config, region_capacity=0.8, token_capacity=0.75):
+  return model_lib.DualEncoder(
+      image_tower=encoders.RegionEncoder(embed_dim=12, mlp_hidden=8,
+                                         region_capacity=region_capacity),
+      text_tower=encoders.BertTextEncoder(bert_config, embed_dim=12,
+                                          token_capacity=token_capacity))
+
+
+def _batch(rows=16, regions_kept=7, token_lengths=(4, 10), seed=0):
+  """Regions (rows, 10, 16) with `regions_kept` kept each; 16 tokens, lengths in a range."""
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(token_lengths[0], token_lengths[1] + 1, rows)
+  return {
+      "regions": rng.standard_normal((rows, 10, 16)).astype(np.float32),
+      "region_mask": np.arange(10)[None] < np.full((rows, 1), regions_kept),
+      "tokens": rng.integers(1, 102, (rows, 16)).astype(np.int32),
+      "token_mask": np.arange(16)[None] < lengths[:, None],
+      "desc": rng.random(rows).astype(np.float32),
+      "image_ids": np.arange(rows, dtype=np.int32),
+  }
+
+
+def test_select_packing_packs_only_when_every_device_fits(bert_tower_inputs):
+  config = bert_tower_inputs[0]
+  model = _dual_encoder(config)
+  which = lambda batch, shards: tuple(np.asarray(jax.jit(
+      lambda b: model_lib.select_packing(
+          model, lambda m: jnp.array([m.image_tower.pack, m.text_tower.pack]), b, shards))(
+              batch)))
+  batch = _batch()  # 7 of 10 regions (buffer 0.8), at most 10 of 16 tokens (0.75)
+  assert which(batch, 1) == which(batch, 8) == (True, True)
+  assert which(dict(batch, region_mask=np.ones((16, 10), bool)), 1) == (False, False)
+  # 12 tokens a caption: the whole batch fits (192 of 192 rows), the first device's
+  # two captions with 16 tokens each do not (32 of 24 rows).
+  tight = dict(batch, token_mask=np.arange(16)[None] < np.array([16, 16] + [11] * 14)[:, None])
+  assert which(tight, 1) == (True, True) and which(tight, 8) == (False, False)
+  # Only the masks in the batch count (text embedding alone reads no regions).
+  texts = {k: batch[k] for k in ("tokens", "token_mask")}
+  assert which(dict(texts), 1) == (True, True)
+  # Nothing packs: no cond, the model itself.
+  unpacked = _dual_encoder(config, 0.0, 0.0)
+  assert model_lib.select_packing(unpacked, lambda m: m, batch) is unpacked
+
+
+def _sharded_step_worker(out_path):
+  """In a process with 8 CPU devices: two train steps of a tiny BERT + region model, packed
+  and sharded over 8 devices against padded on one; writes losses and parameters."""
+  # pylint: disable=g-import-not-at-top
+  import functools
+  import json
+  from configs import demo
+  from ditm_jax import sharding
+  from ditm_jax import train
+  config = demo.get_config("tiny")
+  bert_config = bert.BertConfig(vocab_size=102, hidden_size=16, num_hidden_layers=1,
+                                num_attention_heads=2, intermediate_size=24,
+                                max_position_embeddings=16)
+  batches = [_batch(seed=s) for s in range(2)]
+  out = {}
+  for name, mesh, model in (
+      ("padded", None, _dual_encoder(bert_config, 0.0, 0.0)),
+      ("packed", sharding.make_mesh(config), _dual_encoder(bert_config))):
+    tx = train.make_optimizer(config)
+
+    def init(rng):
+      params = model.init(rng, batches[0])["params"]
+      return train.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
+                              bad_step=jnp.int32(-1))
+    state = jax.jit(init, out_shardings=None if mesh is None else sharding.replicated(mesh))(
+        jax.random.key(0))
+    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, config=config,
+                                     mesh=mesh))
+    losses = []
+    for batch in batches:
+      if mesh is not None:
+        batch = sharding.global_batch(sharding.batch_sharding(mesh), batch)
+      state, metrics = step(state, batch)
+      losses.append(float(metrics["train/loss"]))
+    out[name] = {"losses": losses, "devices": 1 if mesh is None else mesh.devices.size,
+                 "params": [np.asarray(x).tolist() for x in jax.tree.leaves(state.params)]}
+  packs = jax.jit(lambda b: model_lib.select_packing(
+      _dual_encoder(bert_config), lambda m: m.text_tower.pack, b, 8))(batches[1])
+  out["packed"]["took_packed_branch"] = bool(packs)
+  with open(out_path, "w") as f:
+    json.dump(out, f)
+
+
+def test_packed_train_step_on_8_devices_equals_padded_on_one(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests import e2e_util as e2e  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "out.json"
+  code = f"from tests.test_packing import _sharded_step_worker; _sharded_step_worker({str(out)!r})"
+  proc = subprocess.run([sys.executable, "-c", code], cwd=e2e.ROOT, env=e2e.env(devices=8),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  padded, packed = result["padded"], result["packed"]
+  assert packed["devices"] == 8 and packed["took_packed_branch"]
+  np.testing.assert_allclose(packed["losses"], padded["losses"], rtol=1e-5)
+  for a, b in zip(packed["params"], padded["params"]):
+    np.testing.assert_allclose(a, b, atol=1e-5)

@@ -29,11 +29,14 @@ class RegionEncoder(nn.Module):
   `region_capacity` > 0 runs the linear and MLP on the kept regions only (training drops
   `data.region_drop` of them), packed into that fraction of the B x R positions; a batch with
   more regions (evaluation keeps all) takes the padded path, so only speed depends on it.
+  `pack`: None decides per batch on device (`nn.cond`); True packs (the caller has checked
+  that the batch fits, as `model.select_packing` does); False never packs.
   """
   inputs: ClassVar[tuple[str, ...]] = ("regions", "region_mask")
   embed_dim: int
   mlp_hidden: int
   region_capacity: float = 0.0
+  pack: bool | None = None
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -45,8 +48,13 @@ class RegionEncoder(nn.Module):
       h = nn.relu(nn.Dense(self.mlp_hidden, dtype=self.dtype, name="mlp_in", parent=mdl)(x))
       h = nn.Dense(self.embed_dim, dtype=self.dtype, name="mlp_out", parent=mdl)(h)
       return linear + h if packing is None else packing.unpack(linear + h, *mask.shape)
-    x = packing_lib.packed_or_padded(self, project, mask, self.region_capacity, regions)
+    x = packing_lib.packed_or_padded(self, project, mask, self.region_capacity, regions,
+                                      pack=self.pack)
     return l2_normalize(GPO(dtype=self.dtype, name="gpo")(x, mask))
+
+  def packed_masks(self) -> dict[str, float]:
+    """{batch entry: fraction} of the mask this tower packs (`model.select_packing`)."""
+    return {"region_mask": self.region_capacity}
 
 
 class BiGRUTextEncoder(nn.Module):
@@ -82,7 +90,9 @@ class BertTextEncoder(nn.Module):
   `token_capacity` > 0 runs BERT on the packed valid tokens only (`packing.Packing`): a
   buffer of that fraction of the B x L positions. A batch with more valid tokens than fit
   takes the padded path instead (`nn.cond`), so the result never depends on the capacity,
-  only the speed does. 0 keeps the padded path alone.
+  only the speed does. 0 keeps the padded path alone. `pack`: None decides per batch on
+  device (`nn.cond`); True packs (the caller has checked that the batch fits, as
+  `model.select_packing` does); False never packs.
   """
   inputs: ClassVar[tuple[str, ...]] = ("tokens", "token_mask")
   backbone: ClassVar[str] = "bert"
@@ -90,18 +100,24 @@ class BertTextEncoder(nn.Module):
   embed_dim: int
   freeze_backbone: bool = False
   token_capacity: float = 0.0
+  pack: bool | None = None
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, tokens, mask):
     bert = bert_lib.BertModel(self.bert_config, dtype=self.dtype, name=self.backbone)
     h = packing_lib.packed_or_padded(
-        bert, lambda mdl, t, m, p: mdl(t, m, packing=p), mask, self.token_capacity, tokens, mask)
+        bert, lambda mdl, t, m, p: mdl(t, m, packing=p), mask, self.token_capacity, tokens, mask,
+        pack=self.pack)
     if self.freeze_backbone:
       h = jax.lax.stop_gradient(h)
     b, length, hidden = h.shape  # 2-D rows: plain matmuls for the weight gradient (see Mlp)
     x = nn.Dense(self.embed_dim, dtype=self.dtype, name="fc")(h.reshape(b * length, hidden))
     return l2_normalize(GPO(dtype=self.dtype, name="gpo")(x.reshape(b, length, -1), mask))
+
+  def packed_masks(self) -> dict[str, float]:
+    """{batch entry: fraction} of the mask this tower packs (`model.select_packing`)."""
+    return {"token_mask": self.token_capacity}
 
 
 class ViTImageEncoder(nn.Module):

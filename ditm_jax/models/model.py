@@ -7,7 +7,8 @@ enter after the random initialisation: `pretrained_params(config)` loads them on
 their shardings; a restored checkpoint is used as it is.
 """
 
-from typing import Any, Mapping
+import functools
+from typing import Any, Callable, Mapping
 
 from flax import traverse_util
 import flax.linen as nn
@@ -18,6 +19,7 @@ import numpy as np
 from ditm_jax.models import bert as bert_lib
 from ditm_jax.models import encoders
 from ditm_jax.models import hf_import
+from ditm_jax.models import packing
 from ditm_jax.models import vit as vit_lib
 
 # Optimizer group -> parameter path of a pretrained backbone.
@@ -55,6 +57,34 @@ def _inputs(tower, batch):
     raise ValueError(f"{type(tower).__name__} reads batch entries {list(tower.inputs)}, the "
                      f"batch has {sorted(batch)}; the data and config.model do not match")
   return [batch[k] for k in tower.inputs]
+
+
+def select_packing(model: DualEncoder, fn: Callable[[DualEncoder], Any], batch: Mapping[str, Any],
+                   shards: int = 1) -> Any:
+  """`fn(model')`, `model'` being `model` with its towers packing (when every packed mask of
+  `batch` fits, on each of the `shards` devices that embed its row blocks) or padded.
+
+  One `lax.cond` for the whole of `fn` (the forward and backward passes of a train step), in
+  place of each tower's own `nn.cond`. Both branches compute the same values; only speed
+  differs. `batch` holds global arrays, so the predicate is the same on every device and
+  process. Towers that pack nothing here leave `fn(model)`, with no cond.
+  """
+  masks = {}
+  for tower in (model.image_tower, model.text_tower):
+    if hasattr(tower, "packed_masks"):
+      masks.update(tower.packed_masks())
+  masks = {k: f for k, f in masks.items()
+           if k in batch and packing.packs((batch[k].shape[0] // shards, batch[k].shape[1]), f)}
+  if not masks:
+    return fn(model)
+
+  def variant(pack):
+    towers = {name: getattr(model, name).clone(pack=pack) if hasattr(getattr(model, name), "pack")
+              else getattr(model, name) for name in ("image_tower", "text_tower")}
+    return model.clone(**towers)
+  all_fit = functools.reduce(jnp.logical_and, [packing.fits(batch[k], f, shards)
+                                               for k, f in masks.items()])
+  return jax.lax.cond(all_fit, lambda: fn(variant(True)), lambda: fn(variant(False)))
 
 
 def image_inputs(config) -> tuple[str, ...]:
