@@ -36,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from ditm_jax import descriptiveness
+from ditm_jax import flops
 from ditm_jax import losses
 from ditm_jax import losses_sharded
 from ditm_jax import sharding
@@ -53,6 +54,13 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Write the JSON results here.")
 flags.DEFINE_bool("quick", False, "Small sizes and few repeats (a smoke run).")
 flags.DEFINE_enum("part", "main", ["main", "devices8"], "internal: the 8-device child part")
+flags.DEFINE_bool("bert_base", None,
+                  "Also time the reference model with BERT-base as its text tower (12 layers, "
+                  "hidden 768) and state its matmul FLOP utilisation. Default: on GPU/TPU only "
+                  "(on 2 CPU cores its step takes ~10 s).")
+flags.DEFINE_enum("reference_dtype", "float32", ["float32", "bfloat16"],
+                  "Compute dtype of the reference models (bfloat16: mixed precision, float32 "
+                  "parameters); utilisation is stated against peaks of this dtype.")
 flags.DEFINE_string("torch_python", None,
                     "Also time the reference step in PyTorch (ditm_jax/bench_torch.py) with this "
                     "Python interpreter, which must have torch and transformers installed.")
@@ -61,6 +69,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COCO_CAPTIONS = os.path.join(ROOT, os.pardir, "shared", "data", "coco", "testall_caps.txt")
 REFERENCE_BERT = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4,
                       num_attention_heads=4, intermediate_size=1024)
+BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
+                 num_attention_heads=12, intermediate_size=3072)
 COCO_BIGRU_VOCAB = 10000  # stand-in word vocabulary of configs/coco.py:text=bigru
 
 
@@ -85,6 +95,7 @@ def machine():
       "jax": jax.__version__,
       "backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()],
+      "device_kind": jax.devices()[0].device_kind,
       "process_count": jax.process_count(),
   }
 
@@ -121,7 +132,8 @@ def time_train_step(config, model, batch, steps=5, mesh=None):
   """Seconds per `train.train_step` on `batch` (global numpy batch): median after warm-up.
 
   Returns a dict: median_s, pairs_per_s, compile_s (first step, compile included), steps,
-  devices.
+  devices, matmul_flops (of the step's program, `flops.matmul_flops`: all devices together)
+  and matmul_flops_per_s.
   """
 
   mesh = mesh or sharding.make_mesh(config)
@@ -136,10 +148,10 @@ def time_train_step(config, model, batch, steps=5, mesh=None):
 
   shardings = sharding.state_shardings(mesh, jax.eval_shape(init, jax.random.key(0)), config)
   state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
-  step_fn = jax.jit(functools.partial(train.train_step, model=model, tx=tx, config=config,
-                                      mesh=mesh),
-                    in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
-                    donate_argnums=(0,))
+  step = functools.partial(train.train_step, model=model, tx=tx, config=config, mesh=mesh)
+  step_fn = jax.jit(step, in_shardings=(shardings, batch_sharding),
+                    out_shardings=(shardings, None), donate_argnums=(0,))
+  matmul_flops = flops.matmul_flops(step, jax.eval_shape(init, jax.random.key(0)), example)
   global_batch = sharding.global_batch(batch_sharding, batch)
   times = []
   for _ in range(steps + 2):
@@ -151,7 +163,8 @@ def time_train_step(config, model, batch, steps=5, mesh=None):
   pairs = config.batch_size * config.data.captions_per_image
   return {"median_s": median, "pairs_per_s": pairs / median, "compile_s": times[0],
           "steps": steps, "devices": int(mesh.devices.size),
-          "loss": float(metrics["train/loss"])}
+          "loss": float(metrics["train/loss"]), "matmul_flops": matmul_flops,
+          "matmul_flops_per_s": matmul_flops / median}
 
 
 def load_config(name, arg=None):
@@ -177,15 +190,16 @@ def coco_bigru_tiny_setup():
   return config, model, _synthetic_batch(config, config.batch_size, COCO_BIGRU_VOCAB)
 
 
-def reference_setup(padded=False):
+def reference_setup(padded=False, bert=None, dtype="float32"):
   """(config, model, batch) of the reference model.
 
   36 x 2048 regions -> linear + MLP residual + GPO -> 1024-d; BERT (4 layers, hidden 256,
-  4 heads, FFN 1024, random init) -> linear 256 -> 1024 + GPO; 128 images x 1 caption of
-  32 tokens; hardest-negative triplet loss (VSE-infinity, no relaxation, no ordering);
-  AdamW (configs/coco.py's optimizer, BERT at 0.1 x lr). The towers pack their valid tokens
-  and kept regions as configs/coco.py does (`model.text_token_capacity`,
-  `model.region_capacity`), or compute on every position when `padded`.
+  4 heads, FFN 1024, random init; or the `bert` fields, e.g. `BERT_BASE`) -> linear
+  hidden -> 1024 + GPO; 128 images x 1 caption of 32 tokens; hardest-negative triplet loss
+  (VSE-infinity, no relaxation, no ordering); AdamW (configs/coco.py's optimizer, BERT at
+  0.1 x lr). The towers pack their valid tokens and kept regions as configs/coco.py does
+  (`model.text_token_capacity`, `model.region_capacity`), or compute on every position when
+  `padded`. `dtype` is the towers' compute dtype (parameters stay float32).
   """
   config = load_config("coco", "text=bert,variant=baseline_vse")
   config.batch_size = 128
@@ -194,9 +208,12 @@ def reference_setup(padded=False):
   config.loss.sum_violation_steps = 0  # the hardest negative from the first step
   if padded:
     config.model.text_token_capacity = config.model.region_capacity = 0.0
+  config.dtype = dtype
+  dtype = jnp.dtype(dtype)
   image = encoders.RegionEncoder(embed_dim=1024, mlp_hidden=config.model.mlp_hidden,
-                                 region_capacity=config.model.region_capacity)
-  text = encoders.BertTextEncoder(bert_lib.BertConfig(**REFERENCE_BERT), embed_dim=1024,
+                                 region_capacity=config.model.region_capacity, dtype=dtype)
+  text = encoders.BertTextEncoder(bert_lib.BertConfig(**(bert or REFERENCE_BERT)),
+                                  embed_dim=1024, dtype=dtype,
                                   token_capacity=config.model.text_token_capacity)
   model = model_lib.DualEncoder(image_tower=image, text_tower=text,
                                 init_temperature=config.loss.temperature)
@@ -387,11 +404,13 @@ def _run_devices8(quick):
       return json.load(f)
 
 
-def torch_reference(python):
-  """The PyTorch reading of the reference step (`ditm_jax.bench_torch`) run by `python`."""
-  proc = subprocess.run([python, "-m", "ditm_jax.bench_torch"], cwd=ROOT, capture_output=True,
-                        text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=1800,
-                        check=False)
+def torch_reference(python, bert_base=False):
+  """The PyTorch reading of the reference step (`ditm_jax.bench_torch`) run by `python`
+  (with BERT-base as the text tower's BERT when `bert_base`)."""
+  proc = subprocess.run([python, "-m", "ditm_jax.bench_torch"] +
+                        (["--bert_base"] if bert_base else []),
+                        cwd=ROOT, capture_output=True, text=True,
+                        env=dict(os.environ, PYTHONPATH=ROOT), timeout=3600, check=False)
   lines = proc.stdout.strip().splitlines()
   if proc.returncode != 0 or not lines:
     last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -400,11 +419,34 @@ def torch_reference(python):
   return json.loads(lines[-1])
 
 
-def run(quick=False, torch_python=None):
-  """All benchmarks; returns the JSON-ready results."""
+def utilisation(results, dtype):
+  """Adds `matmul_peak` (measured, and the datasheet's where known) and, to every reference
+  row of `results["train_step"]`, its share of those peaks (`flops.matmul_flops` per step /
+  median seconds / peak)."""
+  device = jax.devices()[0]
+  peak = flops.measured_matmul_peak(dtype=dtype)
+  peak["spec_flops_per_s"] = flops.spec_peak(device.device_kind, dtype)
+  results["matmul_peak"] = peak
+  for name, row in results["train_step"].items():
+    if name.startswith("reference"):
+      per_device = row["matmul_flops_per_s"] / row["devices"]
+      row["share_of_measured_peak"] = per_device / peak["flops_per_s"]
+      if peak["spec_flops_per_s"]:
+        row["mfu"] = per_device / peak["spec_flops_per_s"]
+
+
+def run(quick=False, torch_python=None, bert_base=None, reference_dtype="float32"):
+  """All benchmarks; returns the JSON-ready results.
+
+  `bert_base` (default: on GPU/TPU only) adds the reference model with BERT-base.
+  """
   results = {"quick": quick, "machine": machine(), "notes": []}
+  if bert_base is None:
+    bert_base = jax.default_backend() != "cpu"
   if torch_python:  # first, so that a broken interpreter fails before the long part
     results["torch_reference"] = torch_reference(torch_python)
+    if bert_base:
+      results["torch_reference_bert_base"] = torch_reference(torch_python, bert_base=True)
   steps = 2 if quick else 7
   train_s, pairs_s, details = {}, {}, {}
 
@@ -422,14 +464,21 @@ def run(quick=False, torch_python=None):
   else:
     results["notes"].append("configs/coco.py absent: coco:text=bigru,tiny not timed")
 
-  c, m, b = reference_setup()
+  c, m, b = reference_setup(dtype=reference_dtype)
   details["reference"] = time_train_step(c, m, b, steps)
   if not quick:
     details["reference"]["profile_s"] = profile_reference(c, m, b)
-    details["reference:padded"] = time_train_step(*reference_setup(padded=True), steps)
+    details["reference:padded"] = time_train_step(
+        *reference_setup(padded=True, dtype=reference_dtype), steps)
+  if bert_base:
+    details["reference:bert-base"] = time_train_step(
+        *reference_setup(bert=BERT_BASE, dtype=reference_dtype), steps)
   for key, value in details.items():
     train_s[key], pairs_s[key] = value["median_s"], value["pairs_per_s"]
   results.update(train_step_s=train_s, pairs_per_s=pairs_s, train_step=details)
+  if reference_dtype != "float32":
+    results["notes"].append(f"reference models compute in {reference_dtype}")
+  utilisation(results, reference_dtype)
 
   n = 1000 if quick else 5000
   results["eval"] = time_eval(n, repeats=1 if quick else 3)
@@ -457,6 +506,22 @@ def table(results):
   for name, s in results["train_step_s"].items():
     lines.append(f"| train step {name} (s) | {s:.3f} ({results['pairs_per_s'][name]:.0f} "
                  "pairs/s) |")
+  peak = results.get("matmul_peak")
+  if peak:
+    spec = peak.get("spec_flops_per_s")
+    lines.append(f"| matmul peak, {peak['size']}^2 {peak['dtype']}, measured (GFLOP/s) | "
+                 f"{peak['flops_per_s'] / 1e9:,.0f}" +
+                 (f" (datasheet {spec / 1e9:,.0f})" if spec else "") + " |")
+  for name, row in results["train_step"].items():
+    if "share_of_measured_peak" not in row:
+      continue
+    what = "matmul GFLOP per step, GFLOP/s per device, share of measured peak"
+    value = (f"{row['matmul_flops'] / 1e9:.1f}, "
+             f"{row['matmul_flops_per_s'] / row['devices'] / 1e9:,.0f}, "
+             f"{100 * row['share_of_measured_peak']:.0f}%")
+    if "mfu" in row:
+      what, value = what + ", MFU", value + f", {100 * row['mfu']:.1f}%"
+    lines.append(f"| {name}: {what} | {value} |")
   profile = results["train_step"].get("reference", {}).get("profile_s", {})
   for piece, s in profile.items():
     lines.append(f"| reference: {piece} (s) | {s:.3f} |")
@@ -468,6 +533,12 @@ def table(results):
     for piece in ("image_tower_fwd_bwd_s", "text_tower_fwd_bwd_s"):
       lines.append(f"| reference, PyTorch: {piece[:-2].replace('_', ' ')} (s) | "
                    f"{torch_ref[piece]:.3f} |")
+  torch_base = results.get("torch_reference_bert_base")
+  if torch_base and "reference:bert-base" in results["train_step_s"]:
+    ours = results["train_step_s"]["reference:bert-base"]
+    lines.append(f"| reference with BERT-base, PyTorch {torch_base['torch']} on this machine "
+                 f"(s) | {torch_base['step_s']:.3f} (this code: "
+                 f"{torch_base['step_s'] / ours:.2f}x) |")
   ev = results["eval"]
   shape = "x".join(map(str, ev["shape"]))
   lines.append(f"| ranking {shape} on device (s) | {ev['median_s']:.3f} |")
@@ -501,7 +572,7 @@ def main(argv):
   if FLAGS.part == "devices8":
     results = devices8_part(FLAGS.quick)
   else:
-    results = run(FLAGS.quick, FLAGS.torch_python)
+    results = run(FLAGS.quick, FLAGS.torch_python, FLAGS.bert_base, FLAGS.reference_dtype)
     print(table(results), flush=True)
     for note in results["notes"]:
       print(f"note: {note}")

@@ -1,6 +1,7 @@
 """The reference model's train step in PyTorch, for a same-machine comparison with bench.py.
 
   python -m ditm_jax.bench_torch            # needs torch and transformers (not in requirements)
+  python -m ditm_jax.bench_torch --bert_base   # the text tower's BERT is BERT-base; step only
   python -m ditm_jax.bench --torch_python=/path/to/python   # runs this in that interpreter
 
 Written for this comparison (VSE-infinity's layout, not its code): 36 x 2048 regions ->
@@ -21,9 +22,14 @@ import sys
 import time
 
 B, R, F, D, L, VOCAB = 128, 36, 2048, 1024, 32, 30522
+REFERENCE_BERT = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                      intermediate_size=1024)
+BERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072)
 
 
-def main(steps=5):
+def main(steps=5, bert_base=False):
+  """Times the step (and, for the 4-layer BERT, each tower's forward and backward pass)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
@@ -69,12 +75,11 @@ def main(steps=5):
   class TextTower(nn.Module):
     def __init__(self):
       super().__init__()
-      config = transformers.BertConfig(hidden_size=256, num_hidden_layers=4,
-                                       num_attention_heads=4, intermediate_size=1024,
-                                       hidden_dropout_prob=0.0,
+      fields = BERT_BASE if bert_base else REFERENCE_BERT
+      config = transformers.BertConfig(**fields, hidden_dropout_prob=0.0,
                                        attention_probs_dropout_prob=0.0)
       self.bert = transformers.BertModel(config, add_pooling_layer=False)
-      self.fc = nn.Linear(256, D)
+      self.fc = nn.Linear(fields["hidden_size"], D)
       self.gpo = GPO()
 
     def forward(self, ids, mask):
@@ -117,18 +122,20 @@ def main(steps=5):
     return statistics.median(times[warmup:])
 
   result = {
+      "bert": "bert-base" if bert_base else "reference",
       "step_s": median_seconds(step, steps, 2),
-      "image_tower_fwd_bwd_s": median_seconds(lambda: image(regions).square().sum().backward(),
-                                              3, 1),
-      "text_tower_fwd_bwd_s": median_seconds(lambda: text(ids, mask).square().sum().backward(),
-                                             3, 1),
       "torch": torch.__version__, "threads": torch.get_num_threads(),
       "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
   }
+  if not bert_base:
+    result["image_tower_fwd_bwd_s"] = median_seconds(
+        lambda: image(regions).square().sum().backward(), 3, 1)
+    result["text_tower_fwd_bwd_s"] = median_seconds(
+        lambda: text(ids, mask).square().sum().backward(), 3, 1)
   result["pairs_per_s"] = B / result["step_s"]
   print(json.dumps(result))
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(main(bert_base="--bert_base" in sys.argv[1:]))

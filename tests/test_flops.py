@@ -1,0 +1,126 @@
+"""flops.py: matmul FLOPs counted from a program's jaxpr, against hand-computed counts."""
+import jax
+import jax.numpy as jnp
+from jax.sharding import AbstractMesh, PartitionSpec as P
+import numpy as np
+import pytest
+
+from ditm_jax import bench
+from ditm_jax import flops
+
+
+def _abstract(*shape):
+  return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def test_matmul_and_batched_einsum():
+  assert flops.matmul_flops(jnp.matmul, _abstract(3, 4), _abstract(4, 5)) == 2 * 3 * 4 * 5
+  q, k = _abstract(2, 7, 3, 8), _abstract(2, 6, 3, 8)  # (batch, length, heads, head dim)
+  attention = lambda q, k: jnp.einsum("bqhd,bkhd->bhqk", q, k)
+  assert flops.matmul_flops(attention, q, k) == 2 * 2 * 3 * 7 * 6 * 8
+
+
+def test_gradient_of_a_two_layer_mlp():
+  # Gradient for the weights only: layer 1 runs forward and its weight gradient; layer 2 also
+  # the gradient of its input.
+  def loss(w, x):
+    return jnp.sum(jnp.tanh(x @ w[0]) @ w[1])
+  rows, n_in, hidden, n_out = 10, 6, 5, 3
+  w = (_abstract(n_in, hidden), _abstract(hidden, n_out))
+  layer1, layer2 = 2 * rows * n_in * hidden, 2 * rows * hidden * n_out
+  assert flops.matmul_flops(jax.grad(loss), w, _abstract(rows, n_in)) == 2 * layer1 + 3 * layer2
+
+
+def test_scan_counts_its_length_and_cond_its_cheapest_branch():
+  def scanned(w, x):
+    return jax.lax.scan(lambda h, _: (jnp.tanh(h @ w), None), x, None, length=7)[0]
+  assert flops.matmul_flops(scanned, _abstract(4, 4), _abstract(2, 4)) == 7 * 2 * 2 * 4 * 4
+
+  def chosen(p, a, b):
+    return jax.lax.cond(p, lambda: a @ b, lambda: (a @ b) @ (b.T @ b))
+  count = flops.matmul_flops(chosen, jax.ShapeDtypeStruct((), bool), _abstract(3, 4),
+                             _abstract(4, 4))
+  assert count == 2 * 3 * 4 * 4
+
+
+def test_shard_map_counts_every_device():
+  mesh = AbstractMesh((8,), ("data",))
+  f = jax.shard_map(jnp.matmul, mesh=mesh, in_specs=(P("data"), P()), out_specs=P("data"))
+  assert flops.matmul_flops(f, _abstract(64, 16), _abstract(16, 4)) == 2 * 64 * 16 * 4
+
+
+def test_convolution_counts_output_times_kernel_window():
+  # A ViT patch embedding: 16x16 stride-16 patches of a 3-channel 32x32 image to 8 features.
+  def patches(x, k):
+    return jax.lax.conv_general_dilated(x, k, (16, 16), "VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  count = flops.matmul_flops(patches, _abstract(2, 32, 32, 3), _abstract(16, 16, 3, 8))
+  assert count == 2 * (2 * 2 * 2 * 8) * (16 * 16 * 3)
+
+
+def test_reference_step_count_by_hand():
+  """The padded reference step (bench.py) against its count written out layer by layer."""
+  config, model, batch = bench.reference_setup(padded=True)
+  out = bench.time_train_step(config, model, batch, steps=1)
+  b, r, f, d, h = 128, 36, 2048, 1024, config.model.mlp_hidden
+  bert = bench.REFERENCE_BERT
+  hid, ffn, layers, heads, length = (bert["hidden_size"], bert["intermediate_size"],
+                                     bert["num_hidden_layers"], bert["num_attention_heads"], 32)
+  mm = lambda m, k, n: 2 * m * k * n
+  # Region tower: fc and mlp_in read the input regions (forward + weight gradient), mlp_out
+  # also passes its gradient back.
+  image = 2 * (mm(b * r, f, d) + mm(b * r, f, h)) + 3 * mm(b * r, h, d)
+  # BERT: Q, K, V, out, FFN in and out on every token (forward, input and weight gradients);
+  # scores and weighted values per head (forward and both input gradients); then fc hid->D.
+  tokens = b * length
+  per_layer = 3 * (4 * mm(tokens, hid, hid) + mm(tokens, hid, ffn) + mm(tokens, ffn, hid))
+  per_layer += 3 * 2 * b * heads * mm(length, hid // heads, length)
+  text = layers * per_layer + 3 * mm(tokens, hid, d)
+  # GPO, in both towers: a bidirectional GRU over n positional encodings (32 -> 32, 3 gates)
+  # and a scoring layer 32 -> 1. The input kernels run forward and their weight gradient (the
+  # encodings are constants); the recurrent kernels and the scores also pass gradients back.
+  def gpo(n):
+    steps = 2 * n * mm(b, 32, 3 * 32)  # one kernel, both directions, every position
+    return 2 * steps + 3 * steps + 3 * mm(b * n, 32, 1)
+  loss = 3 * mm(b, d, b)  # the similarity matrix, forward and both gradients
+  assert out["matmul_flops"] == image + text + gpo(r) + gpo(length) + loss
+  np.testing.assert_allclose(out["matmul_flops_per_s"], out["matmul_flops"] / out["median_s"])
+
+
+def test_spec_peaks_and_the_measured_peak():
+  assert flops.spec_peak("NVIDIA H100 80GB HBM3", "bfloat16") == pytest.approx(989.4e12)
+  assert flops.spec_peak("TPU v4", "float32") is None
+  assert flops.spec_peak("cpu") is None
+  peak = flops.measured_matmul_peak(size=256, repeats=1)
+  assert peak["flops_per_s"] == pytest.approx(2 * 256**3 / peak["seconds"])
+
+
+def test_utilisation_rows_of_the_bench():
+  results = {"train_step": {
+      "demo": {"median_s": 1.0, "matmul_flops": 1e9, "matmul_flops_per_s": 1e9, "devices": 1},
+      "reference": {"median_s": 2.0, "matmul_flops": 4e9, "matmul_flops_per_s": 2e9,
+                    "devices": 2}}}
+  bench.utilisation(results, "float32")
+  peak = results["matmul_peak"]["flops_per_s"]
+  assert "share_of_measured_peak" not in results["train_step"]["demo"]
+  assert results["train_step"]["reference"]["share_of_measured_peak"] == pytest.approx(1e9 / peak)
+
+
+def test_table_states_the_utilisation():
+  step = {"median_s": 2.0, "pairs_per_s": 64.0, "matmul_flops": 100e9,
+          "matmul_flops_per_s": 50e9, "devices": 1, "share_of_measured_peak": 0.25, "mfu": 0.1}
+  results = {
+      "train_step_s": {"reference:bert-base": 2.0}, "pairs_per_s": {"reference:bert-base": 64.0},
+      "train_step": {"reference:bert-base": step},
+      "matmul_peak": {"flops_per_s": 200e9, "size": 8192, "dtype": "bfloat16",
+                      "spec_flops_per_s": 500e9},
+      "eval": {"shape": [5000, 25000], "median_s": 0.2, "from_embeddings_s": 0.4},
+      "descriptiveness": {"captions": 616000, "fit_plus_score_s": 12.0},
+      "pipeline_rows_per_s": 5000.0, "peak_rss_mb": 900.0,
+      "machine": {"cpu": "x", "usable_cores": 2, "backend": "gpu",
+                  "load_average_1_5_15": [1, 1, 1]},
+  }
+  text = bench.table(results)
+  assert "| matmul peak, 8192^2 bfloat16, measured (GFLOP/s) | 200 (datasheet 500) |" in text
+  assert ("| reference:bert-base: matmul GFLOP per step, GFLOP/s per device, share of measured "
+          "peak, MFU | 100.0, 50, 25%, 10.0% |") in text
