@@ -34,6 +34,8 @@ def test_train_step_timing_uses_the_trainer_step():
   out = bench.time_train_step(config, model, batch, steps=1)
   assert np.isfinite(out["loss"]) and out["devices"] >= 1
   assert math.isclose(out["pairs_per_s"], 64 / out["median_s"])
+  assert out["matmul_flops"] > 0  # counted by flops.py (tests/test_flops.py)
+  assert math.isclose(out["matmul_flops_per_s"], out["matmul_flops"] / out["median_s"])
 
 
 def test_reference_model_shapes():
