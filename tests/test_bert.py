@@ -1,6 +1,7 @@
 """BERT import checked against transformers' PyTorch BertModel (tests/golden/make_golden.py)."""
 import dataclasses
 import json
+import math
 import pathlib
 import shutil
 
@@ -14,6 +15,7 @@ from safetensors.numpy import load_file, save_file
 from ditm_jax.models import bert
 from ditm_jax.models import hf_import
 from ditm_jax.models import tokenizer
+from ditm_jax.models import transformer
 
 GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
 BERT_DIR = GOLDEN / "bert_tiny"
@@ -192,3 +194,11 @@ def test_bad_local_paths(tmp_path):
   except ImportError:
     with pytest.raises(hf_import.CheckpointError, match="PyTorch is not installed"):
       bert.load_pretrained(tmp_path)
+
+
+def test_exact_gelu_is_the_erf_form_in_float64():
+  x = np.linspace(-10, 10, 2001, dtype=np.float32)
+  want = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+  got = np.asarray(transformer.activation("gelu")(jnp.asarray(x)))
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  assert got.dtype == np.float32
