@@ -71,22 +71,44 @@ def test_table_lists_every_measurement():
     assert piece in text, piece
 
 
-def test_table_compares_the_pytorch_reading():
-  step = {"median_s": 0.5, "pairs_per_s": 256.0}
-  results = {
-      "train_step_s": {"reference": 0.5}, "pairs_per_s": {"reference": 256.0},
-      "train_step": {"reference": step},
-      "torch_reference": {"step_s": 1.0, "torch": "9.9", "image_tower_fwd_bwd_s": 0.3,
-                          "text_tower_fwd_bwd_s": 0.4},
+def _results(train_step, **extra):
+  """`train_step` rows plus the other fields `bench.table` reads, and `extra`."""
+  return {
+      "train_step_s": {k: v["median_s"] for k, v in train_step.items()},
+      "pairs_per_s": {k: v["pairs_per_s"] for k, v in train_step.items()},
+      "train_step": train_step,
       "eval": {"shape": [5000, 25000], "median_s": 0.2, "from_embeddings_s": 0.4},
       "descriptiveness": {"captions": 616000, "fit_plus_score_s": 12.0},
       "pipeline_rows_per_s": 5000.0, "peak_rss_mb": 900.0,
       "machine": {"cpu": "x", "usable_cores": 2, "backend": "cpu",
                   "load_average_1_5_15": [1, 1, 1]},
+      **extra,
   }
+
+
+def test_table_compares_the_pytorch_reading():
+  step = {"median_s": 0.5, "pairs_per_s": 256.0}
+  results = _results(
+      {"reference": step, "reference:bert-base": {"median_s": 4.0, "pairs_per_s": 32.0}},
+      torch_reference={"step_s": 1.0, "torch": "9.9", "image_tower_fwd_bwd_s": 0.3,
+                       "text_tower_fwd_bwd_s": 0.4},
+      torch_reference_bert_base={"step_s": 6.0, "torch": "9.9"})
   text = bench.table(results)
   assert "| reference step, PyTorch 9.9 on this machine (s) | 1.000 (this code: 2.00x) |" in text
   assert "| reference, PyTorch: text tower fwd bwd (s) | 0.400 |" in text
+  assert ("| reference with BERT-base, PyTorch 9.9 on this machine (s) | 6.000 (this code: "
+          "1.50x) |") in text
+
+
+def test_table_states_the_utilisation():
+  step = {"median_s": 2.0, "pairs_per_s": 64.0, "matmul_flops": 100e9,
+          "matmul_flops_per_s": 50e9, "devices": 1, "share_of_measured_peak": 0.25, "mfu": 0.1}
+  results = _results({"reference:bert-base": step}, matmul_peak={
+      "flops_per_s": 200e9, "size": 8192, "dtype": "bfloat16", "spec_flops_per_s": 500e9})
+  text = bench.table(results)
+  assert "| matmul peak, 8192^2 bfloat16, measured (GFLOP/s) | 200 (datasheet 500) |" in text
+  assert ("| reference:bert-base: matmul GFLOP per step, GFLOP/s per device, share of measured "
+          "peak, MFU | 100.0, 50, 25%, 10.0% |") in text
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is not None,

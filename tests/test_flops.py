@@ -115,22 +115,3 @@ def test_utilisation_rows_of_the_bench():
   assert "share_of_measured_peak" not in results["train_step"]["demo"]
   assert results["train_step"]["reference"]["share_of_measured_peak"] == pytest.approx(1e9 / peak)
 
-
-def test_table_states_the_utilisation():
-  step = {"median_s": 2.0, "pairs_per_s": 64.0, "matmul_flops": 100e9,
-          "matmul_flops_per_s": 50e9, "devices": 1, "share_of_measured_peak": 0.25, "mfu": 0.1}
-  results = {
-      "train_step_s": {"reference:bert-base": 2.0}, "pairs_per_s": {"reference:bert-base": 64.0},
-      "train_step": {"reference:bert-base": step},
-      "matmul_peak": {"flops_per_s": 200e9, "size": 8192, "dtype": "bfloat16",
-                      "spec_flops_per_s": 500e9},
-      "eval": {"shape": [5000, 25000], "median_s": 0.2, "from_embeddings_s": 0.4},
-      "descriptiveness": {"captions": 616000, "fit_plus_score_s": 12.0},
-      "pipeline_rows_per_s": 5000.0, "peak_rss_mb": 900.0,
-      "machine": {"cpu": "x", "usable_cores": 2, "backend": "gpu",
-                  "load_average_1_5_15": [1, 1, 1]},
-  }
-  text = bench.table(results)
-  assert "| matmul peak, 8192^2 bfloat16, measured (GFLOP/s) | 200 (datasheet 500) |" in text
-  assert ("| reference:bert-base: matmul GFLOP per step, GFLOP/s per device, share of measured "
-          "peak, MFU | 100.0, 50, 25%, 10.0% |") in text
