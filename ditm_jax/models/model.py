@@ -69,19 +69,15 @@ def select_packing(model: DualEncoder, fn: Callable[[DualEncoder], Any], batch: 
   differs. `batch` holds global arrays, so the predicate is the same on every device and
   process. Towers that pack nothing here leave `fn(model)`, with no cond.
   """
-  masks = {}
-  for tower in (model.image_tower, model.text_tower):
-    if hasattr(tower, "packed_masks"):
-      masks.update(tower.packed_masks())
-  masks = {k: f for k, f in masks.items()
+  packers = {name: getattr(model, name) for name in ("image_tower", "text_tower")
+             if hasattr(getattr(model, name), "packed_masks")}  # towers with a `pack` field
+  masks = {k: f for tower in packers.values() for k, f in tower.packed_masks().items()
            if k in batch and packing.packs((batch[k].shape[0] // shards, batch[k].shape[1]), f)}
   if not masks:
     return fn(model)
 
   def variant(pack):
-    towers = {name: getattr(model, name).clone(pack=pack) if hasattr(getattr(model, name), "pack")
-              else getattr(model, name) for name in ("image_tower", "text_tower")}
-    return model.clone(**towers)
+    return model.clone(**{name: tower.clone(pack=pack) for name, tower in packers.items()})
   all_fit = functools.reduce(jnp.logical_and, [packing.fits(batch[k], f, shards)
                                                for k, f in masks.items()])
   return jax.lax.cond(all_fit, lambda: fn(variant(True)), lambda: fn(variant(False)))
