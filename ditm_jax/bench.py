@@ -5,7 +5,7 @@
 Prints a table and writes a JSON object with "train_step_s" (config name -> median seconds
 per step), "pairs_per_s", "eval_5k_s", "eval_5k_numpy_s", "descriptiveness_616k_s",
 "pipeline_rows_per_s", "peak_rss_mb", "machine", "loss_memory", "sharded_vs_plain_8dev" and
-"notes". Train steps are the trainer's own `train.train_step` (jit, donated state, the
+"notes". Train steps are the trainer's own `step.train_step` (jit, donated state, the
 mesh over the visible devices), timed on one fixed batch: the median of several steps after
 two warm-up steps (the first compiles). The parts that need 8 devices (the loss memory at
 B = 4,096 and the demo step with the plain and the sharded objective) run in a child process
@@ -40,10 +40,8 @@ from ditm_jax import flops
 from ditm_jax import losses
 from ditm_jax import losses_sharded
 from ditm_jax import sharding
-from ditm_jax import train
-from ditm_jax.data import datasets
+from ditm_jax import step as step_lib
 from ditm_jax.data import demo
-from ditm_jax.data import throughput
 from ditm_jax.evaluation import recall
 from ditm_jax.models import bert as bert_lib
 from ditm_jax.models import encoders
@@ -61,6 +59,10 @@ flags.DEFINE_bool("bert_base", None,
 flags.DEFINE_enum("reference_dtype", "float32", ["float32", "bfloat16"],
                   "Compute dtype of the reference models (bfloat16: mixed precision, float32 "
                   "parameters); utilisation is stated against peaks of this dtype.")
+flags.DEFINE_bool("only_reference", False,
+                  "Only the reference model rows (with --bert_base, BERT-base too), their pieces "
+                  "and utilisation: no data pipeline, so TensorFlow need not be installed "
+                  "(e.g. on an accelerator host with JAX, Flax, Optax and ml_collections).")
 flags.DEFINE_string("torch_python", None,
                     "Also time the reference step in PyTorch (ditm_jax/bench_torch.py) with this "
                     "Python interpreter, which must have torch and transformers installed.")
@@ -129,7 +131,7 @@ def _synthetic_batch(config, rows, vocab_size, seed=0):
 
 
 def time_train_step(config, model, batch, steps=5, mesh=None):
-  """Seconds per `train.train_step` on `batch` (global numpy batch): median after warm-up.
+  """Seconds per `step.train_step` on `batch` (global numpy batch): median after warm-up.
 
   Returns a dict: median_s, pairs_per_s, compile_s (first step, compile included), steps,
   devices, matmul_flops (of the step's program, `flops.matmul_flops`: all devices together)
@@ -137,18 +139,18 @@ def time_train_step(config, model, batch, steps=5, mesh=None):
   """
 
   mesh = mesh or sharding.make_mesh(config)
-  tx = train.make_optimizer(config)
+  tx = step_lib.make_optimizer(config)
   batch_sharding = sharding.batch_sharding(mesh)
   example = jax.tree.map(jnp.asarray, batch)
 
   def init(rng):
     params = model.init(rng, example)["params"]
-    return train.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
+    return step_lib.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
                             bad_step=jnp.int32(-1))
 
   shardings = sharding.state_shardings(mesh, jax.eval_shape(init, jax.random.key(0)), config)
   state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
-  step = functools.partial(train.train_step, model=model, tx=tx, config=config, mesh=mesh)
+  step = functools.partial(step_lib.train_step, model=model, tx=tx, config=config, mesh=mesh)
   step_fn = jax.jit(step, in_shardings=(shardings, batch_sharding),
                     out_shardings=(shardings, None), donate_argnums=(0,))
   matmul_flops = flops.matmul_flops(step, jax.eval_shape(init, jax.random.key(0)), example)
@@ -178,6 +180,7 @@ def load_config(name, arg=None):
 
 def demo_setup(arg=None):
   """(config, data, model) of configs/demo.py."""
+  from ditm_jax.data import datasets  # pylint: disable=g-import-not-at-top  (TensorFlow)
   config = load_config("demo", arg)
   data = datasets.load(config)
   return config, data, model_lib.build(config, data.vocab_size)
@@ -327,6 +330,7 @@ def time_descriptiveness(count):
 
 def time_pipeline(config, data, batches):
   """Rows (images) per second of the demo's training input (`data.throughput.pipeline_rate`)."""
+  from ditm_jax.data import throughput  # pylint: disable=g-import-not-at-top  (TensorFlow)
   out = throughput.pipeline_rate(config, num_batches=batches, warmup=2, data=data)
   return {**out, "batches": batches, "batch_size": config.batch_size}
 
@@ -435,8 +439,25 @@ def utilisation(results, dtype):
         row["mfu"] = per_device / peak["spec_flops_per_s"]
 
 
-def run(quick=False, torch_python=None, bert_base=None, reference_dtype="float32"):
-  """All benchmarks; returns the JSON-ready results.
+def _demo_and_bigru_rows(results, details, quick, steps):
+  """The demo's and coco:text=bigru,tiny's train steps and the demo's input pipeline."""
+  config, data, model = demo_setup("tiny" if quick else None)
+  name = "demo" + (":tiny" if quick else "")
+  details[name] = time_train_step(config, model, next(data.train.batches(config, 0)), steps)
+  results["pipeline"] = time_pipeline(config, data, 5 if quick else 50)
+  results["pipeline_rows_per_s"] = results["pipeline"]["rows_per_s"]
+  if os.path.exists(os.path.join(ROOT, "configs", "coco.py")):
+    c, m, b = coco_bigru_tiny_setup()
+    details["coco:text=bigru,tiny"] = time_train_step(c, m, b, steps)
+    results["notes"].append(f"coco:text=bigru,tiny runs on a synthetic batch (vocabulary "
+                            f"{COCO_BIGRU_VOCAB} words); no prepared COCO data is read")
+  else:
+    results["notes"].append("configs/coco.py absent: coco:text=bigru,tiny not timed")
+
+
+def run(quick=False, torch_python=None, bert_base=None, reference_dtype="float32",
+        only_reference=False):
+  """All benchmarks (or, with `only_reference`, the reference rows); JSON-ready results.
 
   `bert_base` (default: on GPU/TPU only) adds the reference model with BERT-base.
   """
@@ -450,19 +471,10 @@ def run(quick=False, torch_python=None, bert_base=None, reference_dtype="float32
   steps = 2 if quick else 7
   train_s, pairs_s, details = {}, {}, {}
 
-  config, data, model = demo_setup("tiny" if quick else None)
-  name = "demo" + (":tiny" if quick else "")
-  details[name] = time_train_step(config, model, next(data.train.batches(config, 0)), steps)
-  results["pipeline"] = time_pipeline(config, data, 5 if quick else 50)
-  results["pipeline_rows_per_s"] = results["pipeline"]["rows_per_s"]
-
-  if os.path.exists(os.path.join(ROOT, "configs", "coco.py")):
-    c, m, b = coco_bigru_tiny_setup()
-    details["coco:text=bigru,tiny"] = time_train_step(c, m, b, steps)
-    results["notes"].append(f"coco:text=bigru,tiny runs on a synthetic batch (vocabulary "
-                            f"{COCO_BIGRU_VOCAB} words); no prepared COCO data is read")
+  if only_reference:
+    results["notes"].append("--only_reference: the reference rows alone")
   else:
-    results["notes"].append("configs/coco.py absent: coco:text=bigru,tiny not timed")
+    _demo_and_bigru_rows(results, details, quick, steps)
 
   c, m, b = reference_setup(dtype=reference_dtype)
   details["reference"] = time_train_step(c, m, b, steps)
@@ -479,6 +491,9 @@ def run(quick=False, torch_python=None, bert_base=None, reference_dtype="float32
   if reference_dtype != "float32":
     results["notes"].append(f"reference models compute in {reference_dtype}")
   utilisation(results, reference_dtype)
+  if only_reference:
+    results["peak_rss_mb"] = peak_rss_mb()[0]
+    return results
 
   n = 1000 if quick else 5000
   results["eval"] = time_eval(n, repeats=1 if quick else 3)
@@ -539,16 +554,19 @@ def table(results):
     lines.append(f"| reference with BERT-base, PyTorch {torch_base['torch']} on this machine "
                  f"(s) | {torch_base['step_s']:.3f} (this code: "
                  f"{torch_base['step_s'] / ours:.2f}x) |")
-  ev = results["eval"]
-  shape = "x".join(map(str, ev["shape"]))
-  lines.append(f"| ranking {shape} on device (s) | {ev['median_s']:.3f} |")
-  if ev.get("numpy_s") is not None:
-    lines.append(f"| ranking, NumPy reference (s) | {ev['numpy_s']:.2f} |")
-  lines.append(f"| ranking from 1024-d embeddings (s) | {ev['from_embeddings_s']:.3f} |")
-  d = results["descriptiveness"]
-  lines.append(f"| descriptiveness fit + score, {d['captions']:,} captions (s) | "
-               f"{d['fit_plus_score_s']:.2f} |")
-  lines.append(f"| pipeline rows/s (demo) | {results['pipeline_rows_per_s']:.0f} |")
+  ev = results.get("eval")
+  if ev:
+    shape = "x".join(map(str, ev["shape"]))
+    lines.append(f"| ranking {shape} on device (s) | {ev['median_s']:.3f} |")
+    if ev.get("numpy_s") is not None:
+      lines.append(f"| ranking, NumPy reference (s) | {ev['numpy_s']:.2f} |")
+    lines.append(f"| ranking from 1024-d embeddings (s) | {ev['from_embeddings_s']:.3f} |")
+  d = results.get("descriptiveness")
+  if d:
+    lines.append(f"| descriptiveness fit + score, {d['captions']:,} captions (s) | "
+                 f"{d['fit_plus_score_s']:.2f} |")
+  if "pipeline_rows_per_s" in results:
+    lines.append(f"| pipeline rows/s (demo) | {results['pipeline_rows_per_s']:.0f} |")
   for form, v in results.get("sharded_vs_plain_8dev", {}).items():
     if isinstance(v, dict) and "median_s" in v:
       lines.append(f"| 8 devices, demo step, {form} objective (s) | {v['median_s']:.3f} |")
@@ -572,7 +590,8 @@ def main(argv):
   if FLAGS.part == "devices8":
     results = devices8_part(FLAGS.quick)
   else:
-    results = run(FLAGS.quick, FLAGS.torch_python, FLAGS.bert_base, FLAGS.reference_dtype)
+    results = run(FLAGS.quick, FLAGS.torch_python, FLAGS.bert_base, FLAGS.reference_dtype,
+                  FLAGS.only_reference)
     print(table(results), flush=True)
     for note in results["notes"]:
       print(f"note: {note}")

@@ -1,6 +1,8 @@
 """ditm_jax.bench, piece by piece (the whole run, `python -m ditm_jax.bench`, takes minutes)."""
 import importlib.util
 import math
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -124,3 +126,19 @@ def test_pipeline_rate_of_the_demo():
   config, data, _ = bench.demo_setup("tiny")
   out = bench.time_pipeline(config, data, 3)
   assert out["rows_per_s"] > 0 and out["batch_size"] == config.batch_size
+
+
+def test_reference_rows_need_no_tensorflow():
+  """`--only_reference` runs where TensorFlow is not installed (an accelerator host)."""
+  code = ("import sys; sys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None\n"
+          "from ditm_jax import bench, step\n"
+          "print(bench.reference_setup()[1].text_tower.bert_config.hidden_size)")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        cwd=bench.ROOT, env=dict(os.environ, PYTHONPATH=bench.ROOT), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split()[-1] == "256"
+  # The table of such a run has only the reference rows and the machine.
+  results = _results({"reference": {"median_s": 0.5, "pairs_per_s": 256.0}})
+  for key in ("eval", "descriptiveness", "pipeline_rows_per_s"):
+    del results[key]
+  assert "| train step reference (s) | 0.500 (256 pairs/s) |" in bench.table(results)

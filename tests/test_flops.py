@@ -9,7 +9,7 @@ import pytest
 from ditm_jax import bench
 from ditm_jax import flops
 from ditm_jax import sharding
-from ditm_jax import train
+from ditm_jax import step as step_lib
 
 
 def _abstract(*shape):
@@ -64,14 +64,14 @@ def test_convolution_counts_output_times_kernel_window():
 def test_reference_step_count_by_hand():
   """The padded reference step (bench.py) against its count written out layer by layer."""
   config, model, batch = bench.reference_setup(padded=True)
-  tx = train.make_optimizer(config)
+  tx = step_lib.make_optimizer(config)
   mesh = sharding.make_mesh(config)
 
   def init(rng):
     params = model.init(rng, batch)["params"]
-    return train.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
+    return step_lib.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
                             bad_step=jnp.int32(-1))
-  step = functools.partial(train.train_step, model=model, tx=tx, config=config, mesh=mesh)
+  step = functools.partial(step_lib.train_step, model=model, tx=tx, config=config, mesh=mesh)
   count = flops.matmul_flops(step, jax.eval_shape(init, jax.random.key(0)), batch)
   b, r, f, d, h = 128, 36, 2048, 1024, config.model.mlp_hidden
   bert = bench.REFERENCE_BERT

@@ -23,6 +23,7 @@ def _worker(out_path, workdir):
   import functools
   import jax
   from ditm_jax import bench, train
+  from ditm_jax import step as step_lib
 
   out = {}
   for fsdp in (False, True):
@@ -32,7 +33,7 @@ def _worker(out_path, workdir):
     config.loss.sum_violation_steps = 1  # both triplet branches run in three steps
     trainer = train.Trainer(config, f"{workdir}/{fsdp}")
     state = trainer.initial_state()
-    step_fn = jax.jit(functools.partial(train.train_step, model=trainer.model, tx=trainer.tx,
+    step_fn = jax.jit(functools.partial(step_lib.train_step, model=trainer.model, tx=trainer.tx,
                                         config=config, mesh=trainer.mesh),
                       in_shardings=(trainer.state_sharding, trainer.batch_sharding),
                       out_shardings=(trainer.state_sharding, None), donate_argnums=(0,))

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import demo
-from ditm_jax import train
+from ditm_jax import step as step_lib
 from ditm_jax.data import datasets
 from ditm_jax.models import model as model_lib
 
@@ -23,12 +23,12 @@ def _config(text):
 
 
 def _step(config, vocab_size, params, batch, dtype):
-  """(model, new state, metrics) of one `train.train_step` computing in `dtype` from `params`."""
+  """(model, new state, metrics) of one `step.train_step` computing in `dtype` from `params`."""
   model = model_lib.build(config, vocab_size=vocab_size, dtype=jnp.dtype(dtype))
-  tx = train.make_optimizer(config)
-  state = train.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
+  tx = step_lib.make_optimizer(config)
+  state = step_lib.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
                            bad_step=jnp.int32(-1))
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, config=config))
+  step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx, config=config))
   return (model, *step(state, batch))
 
 

@@ -200,7 +200,7 @@ def _sharded_step_worker(out_path):
   import json
   from configs import demo
   from ditm_jax import sharding
-  from ditm_jax import train
+  from ditm_jax import step as step_lib
   config = demo.get_config("tiny")
   bert_config = bert.BertConfig(vocab_size=102, hidden_size=16, num_hidden_layers=1,
                                 num_attention_heads=2, intermediate_size=24,
@@ -210,15 +210,15 @@ def _sharded_step_worker(out_path):
   for name, mesh, model in (
       ("padded", None, _dual_encoder(bert_config, 0.0, 0.0)),
       ("packed", sharding.make_mesh(config), _dual_encoder(bert_config))):
-    tx = train.make_optimizer(config)
+    tx = step_lib.make_optimizer(config)
 
     def init(rng):
       params = model.init(rng, batches[0])["params"]
-      return train.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
+      return step_lib.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
                               bad_step=jnp.int32(-1))
     state = jax.jit(init, out_shardings=None if mesh is None else sharding.replicated(mesh))(
         jax.random.key(0))
-    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, config=config,
+    step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx, config=config,
                                      mesh=mesh))
     losses = []
     for batch in batches:

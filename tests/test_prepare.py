@@ -249,13 +249,13 @@ def test_missing_ids_file_numbers_images(tmp_path, coco_captions):
 
 
 def test_step_schedule():
-  from ditm_jax import train  # pylint: disable=g-import-not-at-top
+  from ditm_jax import step as step_lib  # pylint: disable=g-import-not-at-top
   config = rd.config("coco", "tiny")
-  schedule = train.lr_schedule(config)
+  schedule = step_lib.lr_schedule(config)
   assert [float(schedule(s)) for s in (0, 29, 30, 39)] == pytest.approx(
       [1e-3, 1e-3, 1e-4, 1e-4])
   config.optim.warmup_steps, config.optim.decay_steps = 10, (20, 30)
-  schedule = train.lr_schedule(config)
+  schedule = step_lib.lr_schedule(config)
   assert [float(schedule(s)) for s in (5, 10, 19, 20, 30)] == pytest.approx(
       [5e-4, 1e-3, 1e-3, 1e-4, 1e-5])
   full = rd.config("coco", "")

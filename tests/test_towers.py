@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from ditm_jax import train
+from ditm_jax import step as step_lib
 from ditm_jax.models import bert
 from ditm_jax.models import config_fields
 from ditm_jax.models import encoders
@@ -130,7 +130,7 @@ def test_config_errors_name_the_field(fields, message):
 
 def _updates(config, params, steps=2):
   """Updates of the `steps`-th AdamW step with all-ones gradients (lr 0 at step 0)."""
-  tx = train.make_optimizer(config)
+  tx = step_lib.make_optimizer(config)
 
   @jax.jit
   def run(params):
@@ -147,7 +147,7 @@ def test_backbone_lr_multiplier_and_freezing(built):
   config = config.copy_and_resolve_references()
   config.model.text_lr_mult = 0.1
   config.optim.weight_decay, config.optim.warmup_steps = 0.0, 1
-  labels = train.param_labels(config, params)
+  labels = step_lib.param_labels(config, params)
   assert set(jax.tree.leaves(labels["text_tower"]["bert"])) == {"text_backbone"}
   assert set(jax.tree.leaves(labels["text_tower"]["fc"])) == {"default"}
   assert labels["log_temperature"] == "frozen"
@@ -161,7 +161,7 @@ def test_backbone_lr_multiplier_and_freezing(built):
 
   config.model.freeze_text_backbone = True
   config.optim.weight_decay = 0.1  # Frozen weights are not decayed either.
-  labels = train.param_labels(config, params)
+  labels = step_lib.param_labels(config, params)
   assert set(jax.tree.leaves(labels["text_tower"]["bert"])) == {"frozen"}
   updates, _ = _updates(config, params)
   assert all(not np.any(u) for u in jax.tree.leaves(updates["text_tower"]["bert"]))

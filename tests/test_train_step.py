@@ -1,4 +1,4 @@
-"""train.train_step's guard: a step with a non-finite loss changes nothing but the counters."""
+"""step.train_step's guard: a step with a non-finite loss changes nothing but the counters."""
 import functools
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import demo
-from ditm_jax import train
+from ditm_jax import step as step_lib
 from ditm_jax.data import datasets
 from ditm_jax.models import model as model_lib
 
@@ -17,11 +17,11 @@ def test_non_finite_step_keeps_params_and_moments_and_records_the_step():
   data = datasets.load(config)
   batch = next(data.train.batches(config, 0))
   model = model_lib.build(config, vocab_size=data.vocab_size)
-  tx = train.make_optimizer(config)
+  tx = step_lib.make_optimizer(config)
   params = jax.jit(model.init)(jax.random.key(0), batch)["params"]
-  state = train.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
+  state = step_lib.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
                            bad_step=jnp.int32(-1))
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, config=config))
+  step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx, config=config))
 
   good, _ = step(state, batch)
   bad_batch = dict(batch, regions=np.where(np.arange(batch["regions"].shape[0])[:, None, None]

@@ -50,6 +50,7 @@ def pipeline_rate(config, num_batches=200, warmup=10, data=None):
 def train_step_rate(config, num_steps=30, warmup=3, workdir=None):
   """Train steps/s of `config` on one fixed batch from its pipeline (after compiling)."""
   from ditm_jax import sharding  # pylint: disable=g-import-not-at-top
+  from ditm_jax import step as step_lib  # pylint: disable=g-import-not-at-top
   from ditm_jax import train  # pylint: disable=g-import-not-at-top
   config = _enough_steps(config, num_steps + warmup)
   with tempfile.TemporaryDirectory() as tmp:
@@ -57,7 +58,7 @@ def train_step_rate(config, num_steps=30, warmup=3, workdir=None):
     local = next(trainer.data.train.batches(config, 0, jax.process_index(),
                                             jax.process_count()))
     batch = sharding.global_batch(trainer.batch_sharding, local)
-    step = jax.jit(functools.partial(train.train_step, model=trainer.model, tx=trainer.tx,
+    step = jax.jit(functools.partial(step_lib.train_step, model=trainer.model, tx=trainer.tx,
                                      config=config, mesh=trainer.mesh),
                    in_shardings=(trainer.state_sharding, trainer.batch_sharding),
                    out_shardings=(trainer.state_sharding, None), donate_argnums=(0,))
