@@ -142,18 +142,14 @@ def time_train_step(config, model, batch, steps=5, mesh=None):
   tx = step_lib.make_optimizer(config)
   batch_sharding = sharding.batch_sharding(mesh)
   example = jax.tree.map(jnp.asarray, batch)
-
-  def init(rng):
-    params = model.init(rng, example)["params"]
-    return step_lib.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
-                            bad_step=jnp.int32(-1))
-
-  shardings = sharding.state_shardings(mesh, jax.eval_shape(init, jax.random.key(0)), config)
+  init = functools.partial(step_lib.init_state, model, tx, example)
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  shardings = sharding.state_shardings(mesh, abstract, config)
   state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
   step = functools.partial(step_lib.train_step, model=model, tx=tx, config=config, mesh=mesh)
   step_fn = jax.jit(step, in_shardings=(shardings, batch_sharding),
                     out_shardings=(shardings, None), donate_argnums=(0,))
-  matmul_flops = flops.matmul_flops(step, jax.eval_shape(init, jax.random.key(0)), example)
+  matmul_flops = flops.matmul_flops(step, abstract, example)
   global_batch = sharding.global_batch(batch_sharding, batch)
   times = []
   for _ in range(steps + 2):

@@ -27,6 +27,20 @@ class TrainState(flax.struct.PyTreeNode):
   bad_step: jax.Array  # first step whose loss was non-finite, -1 while none
 
 
+def new_state(params, tx):
+  """The state at step 0 of `params`: fresh optimizer state of `tx`, no bad step."""
+  return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
+                    bad_step=jnp.int32(-1))
+
+
+def init_state(model, tx, example, rng):
+  """`new_state` of `model`'s random parameters for batches shaped like `example`.
+
+  Pure: jit it with the state's shardings, or `jax.eval_shape` it for the abstract state.
+  """
+  return new_state(model.init(rng, example)["params"], tx)
+
+
 def loss_kwargs(config):
   """The static keyword arguments of `losses.objective` from `config.loss`."""
   l = config.loss

@@ -67,12 +67,7 @@ class Trainer:
 
   def _abstract_state(self):
     example = jax.tree.map(jnp.asarray, self._example_batch())
-
-    def init(rng):
-      params = self.model.init(rng, example)["params"]
-      return step_lib.TrainState(step=jnp.int32(0), params=params,
-                                 opt_state=self.tx.init(params), bad_step=jnp.int32(-1))
-
+    init = functools.partial(step_lib.init_state, self.model, self.tx, example)
     abstract = jax.eval_shape(init, jax.random.key(0))
     shardings = sharding.state_shardings(self.mesh, abstract, self.config)
     return shardings, jax.jit(init, out_shardings=shardings)

@@ -66,13 +66,10 @@ def test_reference_step_count_by_hand():
   config, model, batch = bench.reference_setup(padded=True)
   tx = step_lib.make_optimizer(config)
   mesh = sharding.make_mesh(config)
-
-  def init(rng):
-    params = model.init(rng, batch)["params"]
-    return step_lib.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
-                            bad_step=jnp.int32(-1))
+  abstract = jax.eval_shape(functools.partial(step_lib.init_state, model, tx, batch),
+                            jax.random.key(0))
   step = functools.partial(step_lib.train_step, model=model, tx=tx, config=config, mesh=mesh)
-  count = flops.matmul_flops(step, jax.eval_shape(init, jax.random.key(0)), batch)
+  count = flops.matmul_flops(step, abstract, batch)
   b, r, f, d, h = 128, 36, 2048, 1024, config.model.mlp_hidden
   bert = bench.REFERENCE_BERT
   hid, ffn, layers, heads, length = (bert["hidden_size"], bert["intermediate_size"],

@@ -33,8 +33,8 @@ def _worker(out_path, workdir):
     config.loss.sum_violation_steps = 1  # both triplet branches run in three steps
     trainer = train.Trainer(config, f"{workdir}/{fsdp}")
     state = trainer.initial_state()
-    step_fn = jax.jit(functools.partial(step_lib.train_step, model=trainer.model, tx=trainer.tx,
-                                        config=config, mesh=trainer.mesh),
+    step_fn = jax.jit(functools.partial(step_lib.train_step, model=trainer.model,
+                                        tx=trainer.tx, config=config, mesh=trainer.mesh),
                       in_shardings=(trainer.state_sharding, trainer.batch_sharding),
                       out_shardings=(trainer.state_sharding, None), donate_argnums=(0,))
     losses = []

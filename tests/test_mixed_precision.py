@@ -26,8 +26,7 @@ def _step(config, vocab_size, params, batch, dtype):
   """(model, new state, metrics) of one `step.train_step` computing in `dtype` from `params`."""
   model = model_lib.build(config, vocab_size=vocab_size, dtype=jnp.dtype(dtype))
   tx = step_lib.make_optimizer(config)
-  state = step_lib.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
-                           bad_step=jnp.int32(-1))
+  state = step_lib.new_state(params, tx)
   step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx, config=config))
   return (model, *step(state, batch))
 

@@ -211,11 +211,7 @@ def _sharded_step_worker(out_path):
       ("padded", None, _dual_encoder(bert_config, 0.0, 0.0)),
       ("packed", sharding.make_mesh(config), _dual_encoder(bert_config))):
     tx = step_lib.make_optimizer(config)
-
-    def init(rng):
-      params = model.init(rng, batches[0])["params"]
-      return step_lib.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
-                              bad_step=jnp.int32(-1))
+    init = functools.partial(step_lib.init_state, model, tx, batches[0])
     state = jax.jit(init, out_shardings=None if mesh is None else sharding.replicated(mesh))(
         jax.random.key(0))
     step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx, config=config,

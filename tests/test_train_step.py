@@ -2,7 +2,6 @@
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from configs import demo
@@ -19,8 +18,7 @@ def test_non_finite_step_keeps_params_and_moments_and_records_the_step():
   model = model_lib.build(config, vocab_size=data.vocab_size)
   tx = step_lib.make_optimizer(config)
   params = jax.jit(model.init)(jax.random.key(0), batch)["params"]
-  state = step_lib.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
-                           bad_step=jnp.int32(-1))
+  state = step_lib.new_state(params, tx)
   step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx, config=config))
 
   good, _ = step(state, batch)

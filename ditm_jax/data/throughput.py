@@ -58,8 +58,8 @@ def train_step_rate(config, num_steps=30, warmup=3, workdir=None):
     local = next(trainer.data.train.batches(config, 0, jax.process_index(),
                                             jax.process_count()))
     batch = sharding.global_batch(trainer.batch_sharding, local)
-    step = jax.jit(functools.partial(step_lib.train_step, model=trainer.model, tx=trainer.tx,
-                                     config=config, mesh=trainer.mesh),
+    step = jax.jit(functools.partial(step_lib.train_step, model=trainer.model,
+                                     tx=trainer.tx, config=config, mesh=trainer.mesh),
                    in_shardings=(trainer.state_sharding, trainer.batch_sharding),
                    out_shardings=(trainer.state_sharding, None), donate_argnums=(0,))
     state = trainer.initial_state()
