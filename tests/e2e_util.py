@@ -2,8 +2,8 @@
 
 Subprocesses compile with fewer LLVM passes (about half the compile time; every run a test
 compares is compiled the same way) and share compiled programs through one persistent JAX
-cache per test session: most end-to-end tests train the same tiny demo, so later runs skip
-most compilation.
+cache per test run, shared by the pytest workers: most end-to-end tests train the same tiny
+demo, so later runs skip most compilation.
 """
 
 import atexit
@@ -19,8 +19,10 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COMPILE_FAST = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-_CACHE = tempfile.mkdtemp(prefix="ditm_test_jax_cache_")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+_CACHE = os.environ.get("DITM_TEST_JAX_CACHE")  # one for all pytest workers (conftest.py)
+if _CACHE is None:
+  _CACHE = tempfile.mkdtemp(prefix="ditm_test_jax_cache_")
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
 def env(devices=1, **extra):

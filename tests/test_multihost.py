@@ -1,9 +1,9 @@
 """Several processes and preemption, end to end through `python -m ditm_jax.main`.
 
 - Two processes x 4 CPU devices (gloo collectives, coordinator on localhost) train the tiny
-  demo in one workdir and log the losses of one process x 8 devices.
-- SIGTERM saves a checkpoint at the next step and exits with 143; the same command resumes
-  and ends with the losses of an uninterrupted run.
+  demo in one workdir. SIGTERM to one of them stops both at the same step with one checkpoint
+  and exit 143; the same command resumes, and the run logs the losses of one uninterrupted
+  process x 8 devices. (Exact resumption in one process: test_train_e2e.py, after a SIGKILL.)
 """
 import os
 import signal
@@ -58,11 +58,51 @@ def _finish(procs, timeout=600):
   return outs
 
 
-def test_two_processes_log_the_losses_of_one(tmp_path, reference):
+def _wait_for_line(proc, text, timeout=600):
+  deadline = time.time() + timeout
+  lines = []
+  while time.time() < deadline:
+    line = proc.stdout.readline()
+    if not line:
+      break
+    lines.append(line)
+    if text in line:
+      return lines
+  raise AssertionError(f"no {text!r} in the output:\n{''.join(lines)[-3000:]}")
+
+
+def _stopped_step(err):
+  message = [l for l in err.splitlines() if "stopped by SIGTERM after step" in l]
+  assert len(message) == 1, err[-3000:]
+  return int(message[0].split("after step ")[1].split(";")[0])
+
+
+def test_two_processes_stop_together_resume_and_log_the_losses_of_one(tmp_path, reference):
+  """SIGTERM to process 1 only: both save one checkpoint at the same step and exit 143; the
+  same command resumes both, and the run ends as one uninterrupted process x 8 devices."""
   workdir = tmp_path / "two_processes"
+  procs = _start_processes(workdir)
+  try:
+    _wait_for_line(procs[0], "step     10/40")
+    procs[1].send_signal(signal.SIGTERM)  # only process 1 is told
+    outs = _finish(procs, timeout=300)
+  finally:
+    for p in procs:
+      p.kill()
+  for i, (code, _, err) in enumerate(outs):
+    assert code == 143, f"process {i} exited {code}\n{err[-3000:]}"
+  steps = {_stopped_step(err) for _, _, err in outs}
+  assert len(steps) == 1, steps  # the same step on both
+  stopped = steps.pop()
+  assert 10 <= stopped < 40
+  assert (workdir / "checkpoints" / str(stopped)).is_dir()
+  assert max(e2e.train_losses(workdir)) <= stopped  # no final evaluation or export ran
+  assert not (workdir / "export").exists()
+
   outs = _finish(_start_processes(workdir))
   for i, (code, out, err) in enumerate(outs):
     assert code == 0, f"process {i} exited {code}\n{out[-2000:]}\n{err[-3000:]}"
+  assert f"Resuming from checkpoint at step {stopped}" in outs[0][1]
   one, two = e2e.train_losses(reference), e2e.train_losses(workdir)
   assert sorted(two) == sorted(one) == [10, 20, 30, 40]
   for step in one:
@@ -78,65 +118,6 @@ def test_two_processes_log_the_losses_of_one(tmp_path, reference):
   np.testing.assert_allclose(exported, np.load(reference / "export" / "test_images.npy"),
                              atol=2e-3)
   assert sorted(os.listdir(workdir / "checkpoints")) == ["20", "40"]
-
-
-def _wait_for_line(proc, text, timeout=600):
-  deadline = time.time() + timeout
-  lines = []
-  while time.time() < deadline:
-    line = proc.stdout.readline()
-    if not line:
-      break
-    lines.append(line)
-    if text in line:
-      return lines
-  raise AssertionError(f"no {text!r} in the output:\n{''.join(lines)[-3000:]}")
-
-
-def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, reference):
-  workdir = tmp_path / "preempted"
-  proc = subprocess.Popen(e2e.command(TINY, workdir), cwd=e2e.ROOT, env=e2e.env(8),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  try:
-    _wait_for_line(proc, "step     10/40")
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-  finally:
-    proc.kill()
-  assert proc.returncode == 143, err[-3000:]
-  message = [l for l in err.splitlines() if "stopped by SIGTERM after step" in l]
-  assert len(message) == 1, err[-3000:]
-  stopped = int(message[0].split("after step ")[1].split(";")[0])
-  assert 10 <= stopped < 40
-  assert (workdir / "checkpoints" / str(stopped)).is_dir()
-  assert max(e2e.train_losses(workdir)) <= stopped  # no final evaluation or export ran
-  assert not (workdir / "export").exists()
-
-  rerun = subprocess.run(e2e.command(TINY, workdir), cwd=e2e.ROOT, env=e2e.env(8),
-                         capture_output=True, text=True, timeout=600)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert f"Resuming from checkpoint at step {stopped}" in rerun.stdout
-  assert e2e.train_losses(workdir) == pytest.approx(e2e.train_losses(reference), rel=1e-6)
-  assert _final_eval(workdir) == pytest.approx(_final_eval(reference), rel=1e-6)
-
-
-def test_two_processes_stop_together_when_one_gets_sigterm(tmp_path):
-  workdir = tmp_path / "two_preempted"
-  procs = _start_processes(workdir)
-  try:
-    _wait_for_line(procs[0], "step     10/40")
-    procs[1].send_signal(signal.SIGTERM)  # only process 1 is told
-    outs = _finish(procs, timeout=300)
-  finally:
-    for p in procs:
-      p.kill()
-  steps = set()
-  for code, _, err in outs:
-    assert code == 143, err[-3000:]
-    line = next(l for l in err.splitlines() if "stopped by SIGTERM after step" in l)
-    steps.add(int(line.split("after step ")[1].split(";")[0]))
-  assert len(steps) == 1, steps  # the same step on both
-  assert (workdir / "checkpoints" / str(steps.pop())).is_dir()
 
 
 @pytest.mark.parametrize("env, expected", [

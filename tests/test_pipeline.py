@@ -73,3 +73,9 @@ def test_resumed_dataset_matches_and_hosts_partition_the_batch():
     for key in full[step]:
       joined = np.concatenate([halves[0][step][key], halves[1][step][key]])
       np.testing.assert_array_equal(joined, full[step][key])
+
+
+def test_training_stream_runs_without_the_autotuning_thread():
+  # Its sleeping thread held up the destruction of a finished iterator (pipeline._finish).
+  ds = pipeline.train_dataset(_split(), _config(), 0)
+  assert ds.options().autotune.enabled is False

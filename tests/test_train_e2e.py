@@ -2,6 +2,7 @@
 resume after a kill, 1 vs 8 devices, and user errors."""
 
 import os
+import shutil
 import subprocess
 
 import numpy as np
@@ -18,7 +19,7 @@ def trained(tiny_demo):
 
 
 def test_train_writes_metrics_table_and_export(trained):
-  workdir, proc = trained
+  workdir, stdout = trained
   rows = e2e.metrics(workdir)
   losses = e2e.train_losses(workdir)
   assert sorted(losses) == [10, 20, 30, 40]
@@ -32,7 +33,7 @@ def test_train_writes_metrics_table_and_export(trained):
   recalls = [final[f"demo_test/{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)]
   assert np.isclose(final["demo_test/rsum"], sum(recalls))
   assert 0 <= final["demo_test/i2t_ndcg10"] <= 1
-  assert "| demo_test |" in proc.stdout and "rsum" in proc.stdout
+  assert "| demo_test |" in stdout and "rsum" in stdout
   exp = workdir / "export"
   img, cap = np.load(exp / "test_images.npy"), np.load(exp / "test_captions.npy")
   assert img.dtype == np.float32 and img.shape == (100, 64) and cap.shape == (500, 64)
@@ -41,8 +42,9 @@ def test_train_writes_metrics_table_and_export(trained):
   assert np.load(exp / "test_caption_image_ids.npy").shape == (500,)
 
 
-def test_eval_and_export_modes_reproduce_final_metrics(trained):
-  workdir, _ = trained
+def test_eval_and_export_modes_reproduce_final_metrics(trained, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(trained[0], workdir)  # the shared run stays as trained
   final = [r for r in e2e.metrics(workdir) if "demo_test/rsum" in r][-1]
   exported = np.load(workdir / "export" / "test_images.npy")
   e2e.run(TINY, workdir, mode="eval")
