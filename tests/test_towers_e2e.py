@@ -23,7 +23,7 @@ def test_bert_demo_resumes_to_the_same_result(tmp_path):
   assert sorted(want) == [1, 2, 3, 4, 5, 6] and all(np.isfinite(list(want.values())))
 
   # The state a run stopped right after its step-3 checkpoint leaves behind (a deterministic
-  # stand-in for a kill; the SIGKILL itself is tested in test_train_e2e and test_multihost).
+  # stand-in for a kill; SIGKILL is tested in test_train_e2e, SIGTERM in test_multihost).
   workdir = tmp_path / "stopped"
   shutil.copytree(reference, workdir)
   shutil.rmtree(workdir / "checkpoints" / "6")
