@@ -132,8 +132,9 @@ def _finish(ds, prefetch):
   Destroying a finished iterator waited for that thread (py-spy: the iterator's destructor
   in `UnboundedThreadPool::LogicalThreadWrapper`): in half of the two-process test runs one
   process sat ~35 s at exit, the other blocked in the distributed shutdown behind it; none
-  did in 5 runs without the tuner. The demo stream's rate was the same within noise
-  (71-90k rows/s without, 71-106k with; 2 cores).
+  did in 5 runs without the tuner. Maps keep num_parallel_calls=AUTOTUNE: a map of 0.1 s
+  sleeps ran two at a time on 2 cores with and without the tuner, and the demo stream's rate
+  was the same within noise (71-90k rows/s without, 71-106k with).
   """
   options = tf.data.Options()
   options.autotune.enabled = False
