@@ -113,7 +113,9 @@ def test_stream_resumes_exactly_without_replay(prepared):
   other_seed.seed = 1
   assert not np.array_equal(_stream(other_seed)[0]["image_ids"], full[0]["image_ids"])
   split = datasets.load(config).train
-  assert pipeline.record_dataset(split, config, 0).options().autotune.enabled is False
+  for ds in (pipeline.record_dataset(split, config, 0),  # see pipeline._untuned
+             pipeline.split_records(split.files, split.manifest, config)):
+    assert ds.options().autotune.enabled is False
 
 
 def test_hosts_read_disjoint_shards_and_batches_match_the_source(prepared):

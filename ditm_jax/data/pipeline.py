@@ -123,11 +123,11 @@ def train_dataset(split, config, start_step, process_index=0, process_count=1):
   ds = ds.map(lambda s: tf.numpy_function(build, [s], [tf.as_dtype(probe[n].dtype) for n in names],
                                           stateful=False),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return _finish(ds.map(to_dict), config.data.prefetch)
+  return _untuned(ds.map(to_dict).prefetch(config.data.prefetch))
 
 
-def _finish(ds, prefetch):
-  """`ds` prefetched, without tf.data's autotuning thread.
+def _untuned(ds):
+  """`ds` without tf.data's autotuning thread (every stream here is read to its end).
 
   Destroying a finished iterator waited for that thread (py-spy: the iterator's destructor
   in `UnboundedThreadPool::LogicalThreadWrapper`): in half of the two-process test runs one
@@ -138,7 +138,7 @@ def _finish(ds, prefetch):
   """
   options = tf.data.Options()
   options.autotune.enabled = False
-  return ds.prefetch(prefetch).with_options(options)
+  return ds.with_options(options)
 
 
 def _host_batch(split, config, step, rows):
@@ -281,7 +281,7 @@ def record_dataset(split, config, start_step, process_index=0, process_count=1):
   to_batch = functools.partial(_record_batch, manifest=split.manifest, config=config, base=base)
   ds = tf.data.Dataset.zip((steps, batches)).map(to_batch, num_parallel_calls=tf.data.AUTOTUNE,
                                                  deterministic=True)
-  return _finish(ds, d.prefetch)
+  return _untuned(ds.prefetch(d.prefetch))
 
 
 def _record_batch(step, serialized, *, manifest, config, base):
@@ -379,19 +379,8 @@ def read_split(directory, manifest, name, config):
   lengths, desc = np.zeros((n, c), np.int32), np.zeros((n, c), np.float32)
   image_ids, captions = np.zeros(n, np.int64), [None] * n
   seen = np.zeros(n, bool)
-  spec = records.feature_spec(manifest, with_captions=True)
-
-  def parse(serialized):
-    ex = tf.io.parse_example(serialized, spec)
-    if pixels:
-      ex["jpeg"] = decode_images(ex["jpeg"], config.data.image_size)
-    else:
-      ex["regions"] = tf.io.decode_raw(ex["regions"], tf.float32)
-    return ex
-
   files = [os.path.join(directory, f) for f in info["shards"]]
-  ds = tf.data.TFRecordDataset(files).batch(256).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-  for ex in ds.as_numpy_iterator():
+  for ex in split_records(files, manifest, config).as_numpy_iterator():
     i = ex["index"]
     features[i] = ex["jpeg" if pixels else "regions"].reshape(features[i].shape)
     tokens[i] = ex["tokens"].reshape(-1, c, length)
@@ -405,3 +394,20 @@ def read_split(directory, manifest, name, config):
                lengths=lengths.reshape(-1), desc=desc.reshape(-1), image_ids=image_ids,
                captions=[t for caps in captions for t in caps], captions_per_image=c,
                image_key="pixels" if pixels else "regions")
+
+
+def split_records(files, manifest, config):
+  """tf.data of a prepared split's examples, parsed, in batches of 256 (for `read_split`)."""
+  pixels = manifest["image"] == "pixels"
+  spec = records.feature_spec(manifest, with_captions=True)
+
+  def parse(serialized):
+    ex = tf.io.parse_example(serialized, spec)
+    if pixels:
+      ex["jpeg"] = decode_images(ex["jpeg"], config.data.image_size)
+    else:
+      ex["regions"] = tf.io.decode_raw(ex["regions"], tf.float32)
+    return ex
+
+  ds = tf.data.TFRecordDataset(files).batch(256).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+  return _untuned(ds)
