@@ -33,7 +33,7 @@ def pytest_configure(config):
 
 
 def _once(tmp_path_factory, name, build):
-  """`build(workdir)`'s JSON result, run once per test session across xdist workers."""
+  """(workdir, `build(workdir)`'s JSON-able result), built once per test run across workers."""
   root = tmp_path_factory.getbasetemp()
   if "PYTEST_XDIST_WORKER" in os.environ:
     root = root.parent  # shared by the workers of this run
@@ -50,10 +50,10 @@ def _once(tmp_path_factory, name, build):
 
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
-  """(workdir, stdout) of `configs/demo.py:tiny` trained once per session on one device.
+  """(workdir, stdout) of `configs/demo.py:tiny` trained once per test run on one device.
 
   Trained through a relative --workdir, as in the README (Orbax itself needs absolute paths).
-  Tests that write into a run (eval, export) either only add reproducible files or copy it.
+  Tests that write into the run (eval, export) work on a copy: other workers read it too.
   """
   from tests import e2e_util as e2e  # pylint: disable=g-import-not-at-top
   build = lambda w: e2e.run("configs/demo.py:tiny", os.path.relpath(w, e2e.ROOT)).stdout
@@ -62,7 +62,7 @@ def tiny_demo(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_demo_8dev(tmp_path_factory):
-  """The workdir of `configs/demo.py:tiny` trained once per session on 8 CPU devices."""
+  """The workdir of `configs/demo.py:tiny` trained once per test run on 8 CPU devices."""
   from tests import e2e_util as e2e  # pylint: disable=g-import-not-at-top
   build = lambda w: e2e.run("configs/demo.py:tiny", w, devices=8).stdout
   return _once(tmp_path_factory, "tiny_demo_8dev", build)[0]
