@@ -130,7 +130,7 @@ def _untuned(ds):
   """`ds` without tf.data's autotuning thread (every stream here is read to its end).
 
   Destroying a finished iterator waited for that thread (py-spy: the iterator's destructor
-  in `UnboundedThreadPool::LogicalThreadWrapper`): in half of the two-process test runs one
+  in `UnboundedThreadPool::LogicalThreadWrapper`): in 4 of 7 timed two-process test runs one
   process sat ~35 s at exit, the other blocked in the distributed shutdown behind it; none
   did in 5 runs without the tuner. Maps keep num_parallel_calls=AUTOTUNE: a map of 0.1 s
   sleeps ran two at a time on 2 cores with and without the tuner, and the demo stream's rate
