@@ -44,9 +44,11 @@ from ditm_jax import step as step_lib
 from ditm_jax.data import demo
 from ditm_jax.evaluation import recall
 from ditm_jax.models import bert as bert_lib
+from ditm_jax.models import capacity
 from ditm_jax.models import encoders
 from ditm_jax.models import gpo
 from ditm_jax.models import model as model_lib
+from ditm_jax.models import packing
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Write the JSON results here.")
@@ -112,14 +114,30 @@ def peak_rss_mb():
 # ---------------------------------------------------------------- train step
 
 
+MIN_TOKENS = 8  # synthetic captions: lengths uniform on 8..max_tokens, as in the PyTorch run
+
+
+class _SyntheticStats:
+  """What `capacity.derive` reads of a training split, for `_synthetic_batch`'s distribution."""
+
+  def __init__(self, config):
+    self.num_regions = config.data.num_regions
+
+  def caption_sum_counts(self, max_tokens):
+    one = np.zeros(max_tokens + 1)
+    one[MIN_TOKENS:] = 1.0
+    return {str(k): capacity.sum_pmf(one, k).tolist() for k in range(1, 6)}
+
+
 def _synthetic_batch(config, rows, vocab_size, seed=0):
   """A random training batch of `rows` images in the shapes the pipeline produces."""
   rng = np.random.default_rng(seed)
   k, length = config.data.captions_per_image, config.data.max_tokens
   r, f = config.data.num_regions, config.data.feature_dim
-  lengths = rng.integers(8, length + 1, rows * k)
-  keep = rng.random((rows, r)) >= config.data.region_drop
-  keep[:, 0] = True
+  lengths = rng.integers(MIN_TOKENS, length + 1, rows * k)
+  drop = rng.random((rows, r)) < config.data.region_drop
+  drop[:, 0] &= ~drop.all(axis=1)  # as the pipeline: region 0 stays when all would drop
+  keep = ~drop
   return {
       "regions": rng.standard_normal((rows, r, f)).astype(np.float32),
       "region_mask": keep,
@@ -196,9 +214,10 @@ def reference_setup(padded=False, bert=None, dtype="float32"):
   4 heads, FFN 1024, random init; or the `bert` fields, e.g. `BERT_BASE`) -> linear
   hidden -> 1024 + GPO; 128 images x 1 caption of 32 tokens; hardest-negative triplet loss
   (VSE-infinity, no relaxation, no ordering); AdamW (configs/coco.py's optimizer, BERT at
-  0.1 x lr). The towers pack their valid tokens and kept regions as configs/coco.py does
-  (`model.text_token_capacity`, `model.region_capacity`), or compute on every position when
-  `padded`. `dtype` is the towers' compute dtype (parameters stay float32).
+  0.1 x lr). The towers pack their valid tokens and kept regions as the trainer does with
+  configs/coco.py (buffers sized by `capacity.derive` for this batch's distribution: caption
+  lengths uniform on 8..32, 20% region drop), or compute on every position when `padded`.
+  `dtype` is the towers' compute dtype (parameters stay float32).
   """
   config = load_config("coco", "text=bert,variant=baseline_vse")
   config.batch_size = 128
@@ -207,6 +226,7 @@ def reference_setup(padded=False, bert=None, dtype="float32"):
   config.loss.sum_violation_steps = 0  # the hardest negative from the first step
   if padded:
     config.model.text_token_capacity = config.model.region_capacity = 0.0
+  capacity.derive(config, _SyntheticStats(config), data_devices=1)
   config.dtype = dtype
   dtype = jnp.dtype(dtype)
   image = encoders.RegionEncoder(embed_dim=1024, mlp_hidden=config.model.mlp_hidden,
@@ -217,6 +237,15 @@ def reference_setup(padded=False, bert=None, dtype="float32"):
   model = model_lib.DualEncoder(image_tower=image, text_tower=text,
                                 init_temperature=config.loss.temperature)
   return config, model, _synthetic_batch(config, 128, REFERENCE_BERT["vocab_size"])
+
+
+def packing_of(config, batch):
+  """The reference towers' packing fractions (derived, `capacity.derive`) and whether `batch`
+  fits them (True: the step timed is the packed one)."""
+  masks = {"token_mask": config.model.text_token_capacity,
+           "region_mask": config.model.region_capacity}
+  return {"text_token_capacity": masks["token_mask"], "region_capacity": masks["region_mask"],
+          "batch_fits": all(bool(packing.fits(jnp.asarray(batch[k]), f)) for k, f in masks.items())}
 
 
 def profile_reference(config, model, batch):
@@ -474,6 +503,7 @@ def run(quick=False, torch_python=None, bert_base=None, reference_dtype="float32
 
   c, m, b = reference_setup(dtype=reference_dtype)
   details["reference"] = time_train_step(c, m, b, steps)
+  details["reference"]["packing"] = packing_of(c, b)
   if not quick:
     details["reference"]["profile_s"] = profile_reference(c, m, b)
     details["reference:padded"] = time_train_step(
@@ -533,6 +563,11 @@ def table(results):
     if "mfu" in row:
       what, value = what + ", MFU", value + f", {100 * row['mfu']:.1f}%"
     lines.append(f"| {name}: {what} | {value} |")
+  packed = results["train_step"].get("reference", {}).get("packing")
+  if packed:
+    lines.append(f"| reference: packing buffers, share of the tokens / regions (from the "
+                 f"data) | {packed['text_token_capacity']:.3f} / {packed['region_capacity']:.3f}"
+                 f" ({'the batch fits' if packed['batch_fits'] else 'the batch ran PADDED'}) |")
   profile = results["train_step"].get("reference", {}).get("profile_s", {})
   for piece, s in profile.items():
     lines.append(f"| reference: {piece} (s) | {s:.3f} |")

@@ -16,6 +16,7 @@ from ditm_jax import preemption
 from ditm_jax import sharding
 from ditm_jax import step as step_lib
 from ditm_jax.data import datasets
+from ditm_jax.models import capacity
 from ditm_jax.models import model as model_lib
 
 
@@ -42,6 +43,11 @@ class Trainer:
       raise UserError(f"config.batch_size={config.batch_size} must be a multiple of the "
                       f"{self.num_devices} devices on the data axis")
     self.data = datasets.load(config)
+    # Packing buffers sized from the training data (a copy: the caller's config is left as is).
+    self.config = config = config.copy_and_resolve_references()
+    for line in capacity.derive(config, self.data.train, self.mesh.shape[sharding.DATA]):
+      if self.is_main:
+        print(f"Packing: {line}", flush=True)
     dtype = jnp.dtype(config.dtype)
     self.model = model_lib.build(config, self.data.vocab_size, dtype=dtype)
     self.tx = step_lib.make_optimizer(config)

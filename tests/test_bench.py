@@ -48,13 +48,23 @@ def test_reference_model_shapes():
   assert batch["regions"].shape == (128, 36, 2048) and batch["tokens"].shape == (128, 32)
   assert model.text_tower.bert_config.num_hidden_layers == 4
   assert model.text_tower.bert_config.hidden_size == 256 and model.text_tower.embed_dim == 1024
+  # Packing buffers derived for the batch's distribution (tests/test_capacity.py), and the
+  # batch timed fits them: the packed step is the one measured.
+  text, regions = config.model.text_token_capacity, config.model.region_capacity
+  assert (model.text_tower.token_capacity, model.image_tower.region_capacity) == (text, regions)
+  assert 0.625 < text < 0.75 and 0.8 < regions < 0.85  # mean fills 20/32 and 28.8/36
+  assert bench.packing_of(config, batch) == {"text_token_capacity": text,
+                                             "region_capacity": regions, "batch_fits": True}
+  assert batch["token_mask"].sum() <= text * 128 * 32 < batch["token_mask"].size
 
 
 def test_table_lists_every_measurement():
   step = {"median_s": 0.5, "pairs_per_s": 256.0}
   results = {
       "train_step_s": {"demo": 0.5}, "pairs_per_s": {"demo": 256.0},
-      "train_step": {"demo": step, "reference": {**step, "profile_s": {"text tower": 0.2}}},
+      "train_step": {"demo": step, "reference": {
+          **step, "profile_s": {"text tower": 0.2},
+          "packing": {"text_token_capacity": 0.69, "region_capacity": 0.82, "batch_fits": True}}},
       "eval": {"shape": [5000, 25000], "median_s": 0.2, "numpy_s": 9.0,
                "from_embeddings_s": 0.4},
       "descriptiveness": {"captions": 616000, "fit_plus_score_s": 12.0},
@@ -69,7 +79,8 @@ def test_table_lists_every_measurement():
   }
   text = bench.table(results)
   for piece in ("train step demo", "reference: text tower", "5000x25000", "NumPy", "616,000",
-                "rows/s", "sharded objective", "1024 / 256 / 4096", "peak RSS"):
+                "rows/s", "sharded objective", "1024 / 256 / 4096", "peak RSS",
+                "0.690 / 0.820 (the batch fits)"):
     assert piece in text, piece
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from ditm_jax.data import records
+from ditm_jax.models import capacity
 
 
 @dataclasses.dataclass
@@ -37,6 +38,16 @@ class Split:
   @property
   def num_images(self):
     return len(self.image_ids)
+
+  @property
+  def num_regions(self):
+    """Regions per image (None for pixels)."""
+    return self.features.shape[1] if self.image_key == "regions" else None
+
+  def caption_sum_counts(self, max_tokens):
+    """`capacity.caption_sum_counts` of this split's caption lengths."""
+    return capacity.caption_sum_counts(
+        self.lengths.reshape(-1, self.captions_per_image), max_tokens)
 
   def batches(self, config, start_step, process_index=0, process_count=1):
     """This host's numpy batches of steps start_step..config.total_steps."""
@@ -200,6 +211,12 @@ class RecordSplit:
     self.counts = list(info["shard_counts"])
     self.num_images = info["num_images"]
     self.captions_per_image = manifest["captions_per_image"]
+    self.num_regions = manifest["feature_shape"][0] if manifest["image"] == "regions" else None
+
+  def caption_sum_counts(self, max_tokens):
+    """`capacity.caption_sum_counts` as `prepare` recorded it (None in older manifests)."""
+    counts = self.manifest["splits"][self.name].get("caption_sum_counts")
+    return counts if max_tokens == self.manifest["max_tokens"] else None
 
   def batches(self, config, start_step, process_index=0, process_count=1):
     """This host's numpy batches of steps start_step..config.total_steps."""

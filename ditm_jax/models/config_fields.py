@@ -14,10 +14,16 @@ MODEL_FIELDS = {
     "freeze_text_backbone": (False, "keep the pretrained text backbone fixed (no gradient)"),
     "text_token_capacity": (0.75, "model.text='bert': run BERT on the valid tokens packed into "
                                   "this fraction of the B x L positions (0: padded); a batch "
-                                  "with more tokens runs padded, so only speed depends on it"),
+                                  "with more tokens runs padded, so only speed depends on it; "
+                                  "derived from the data when model.packing_overflow > 0"),
     "region_capacity": (0.0, "model.image='regions': run the region linear + MLP on the kept "
                              "regions packed into this fraction of the B x R positions (0: "
-                             "padded); a batch with more regions runs padded"),
+                             "padded); a batch with more regions runs padded; derived from "
+                             "data.region_drop when model.packing_overflow > 0"),
+    "packing_overflow": (1e-3, "share of training steps allowed to overflow the packing "
+                               "buffers (and run padded): capacities above 0 are then derived "
+                               "from the training data's caption lengths and region drop "
+                               "(models/capacity.py); 0 keeps the fractions as set"),
     "vit_path": ("", "model.image='vit': ViT checkpoint dir or hub name"),
     "image_lr_mult": (0.1, "learning rate of the pretrained image backbone, x optim.lr"),
     "freeze_image_backbone": (False, "keep the pretrained image backbone fixed (no gradient)"),
@@ -32,7 +38,7 @@ def add_model_fields(config: ml_collections.ConfigDict) -> ml_collections.Config
   """Adds the backbone fields above to `config.model` / `config.data` where not already set.
 
   Fields: model.bert_path, model.text_lr_mult, model.freeze_text_backbone,
-  model.text_token_capacity, model.region_capacity, model.vit_path,
+  model.text_token_capacity, model.region_capacity, model.packing_overflow, model.vit_path,
   model.image_lr_mult, model.freeze_image_backbone, data.image_size. Selecting the towers is
   `model.text = 'bigru' | 'bert'` and `model.image = 'regions' | 'vit'`.
   """
