@@ -93,12 +93,13 @@ class BertModel(nn.Module):
   @nn.compact
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                token_type_ids: jax.Array | None = None, deterministic: bool = True,
-               packing: packing_lib.Packing | None = None) -> jax.Array:
+               packing: packing_lib.Packing | None = None, unpack: bool = True) -> jax.Array:
     """Encodes int token ids (B, L); `attention_mask` (B, L) is 1 on real tokens, 0 on padding.
 
     With `packing` (of `attention_mask`, see `packing.plan`) the layers run on the
     packed rows of the real tokens only, skipping the padding's dense work; the real tokens'
     states are the same (up to float summation order) and the padding's come back as zeros.
+    `unpack` False returns the packed rows (C, hidden_size) instead, for row-wise layers after.
     """
     cfg = self.config
     if input_ids.shape[1] > cfg.max_position_embeddings:
@@ -119,7 +120,7 @@ class BertModel(nn.Module):
           attention_dropout_rate=cfg.attention_probs_dropout_prob,
           kernel_init=nn.initializers.normal(cfg.initializer_range), dtype=self.dtype,
           param_dtype=self.param_dtype, name=f"layer_{i}")(x, mask, deterministic, packing)
-    return x if packing is None else packing.unpack(x, *input_ids.shape)
+    return x if packing is None or not unpack else packing.unpack(x, *input_ids.shape)
 
 
 def _hf_names(config: BertConfig) -> dict[str, Any]:

@@ -105,15 +105,20 @@ class BertTextEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, mask):
-    bert = bert_lib.BertModel(self.bert_config, dtype=self.dtype, name=self.backbone)
-    h = packing_lib.packed_or_padded(
-        bert, lambda mdl, t, m, p: mdl(t, m, packing=p), mask, self.token_capacity, tokens, mask,
-        pack=self.pack)
-    if self.freeze_backbone:
-      h = jax.lax.stop_gradient(h)
-    b, length, hidden = h.shape  # 2-D rows: plain matmuls for the weight gradient (see Mlp)
-    x = nn.Dense(self.embed_dim, dtype=self.dtype, name="fc")(h.reshape(b * length, hidden))
-    return l2_normalize(GPO(dtype=self.dtype, name="gpo")(x.reshape(b, length, -1), mask))
+    def encode(mdl, tokens, mask, packing):
+      bert = bert_lib.BertModel(self.bert_config, dtype=self.dtype, name=self.backbone,
+                                parent=mdl)
+      h = bert(tokens, mask, packing=packing, unpack=False)  # packed: (C, hidden) rows
+      if self.freeze_backbone:
+        h = jax.lax.stop_gradient(h)
+      # The projection is row-wise too, so it runs on the packed rows; padded, on (B*L, hidden)
+      # rows (2-D: plain matmuls for the weight gradient, see transformer.Mlp).
+      x = nn.Dense(self.embed_dim, dtype=self.dtype, name="fc", parent=mdl)(
+          h.reshape(-1, h.shape[-1]))
+      return x.reshape(*mask.shape, -1) if packing is None else packing.unpack(x, *mask.shape)
+    x = packing_lib.packed_or_padded(self, encode, mask, self.token_capacity, tokens, mask,
+                                      pack=self.pack)
+    return l2_normalize(GPO(dtype=self.dtype, name="gpo")(x, mask))
 
   def packed_masks(self) -> dict[str, float]:
     """{batch entry: fraction} of the mask this tower packs (`model.select_packing`)."""
