@@ -68,6 +68,10 @@ flags.DEFINE_bool("only_reference", False,
 flags.DEFINE_string("torch_python", None,
                     "Also time the reference step in PyTorch (ditm_jax/bench_torch.py) with this "
                     "Python interpreter, which must have torch and transformers installed.")
+flags.DEFINE_integer("torch_rounds", 0,
+                     "With --torch_python: this many more rounds that alternate PyTorch's "
+                     "reference step and ours (each the median of 5 steps), for a comparison "
+                     "that holds on a machine whose speed drifts (a shared VM).")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COCO_CAPTIONS = os.path.join(ROOT, os.pardir, "shared", "data", "coco", "testall_caps.txt")
@@ -148,14 +152,12 @@ def _synthetic_batch(config, rows, vocab_size, seed=0):
   }
 
 
-def time_train_step(config, model, batch, steps=5, mesh=None):
-  """Seconds per `step.train_step` on `batch` (global numpy batch): median after warm-up.
+def _step_runner(config, model, batch, mesh=None):
+  """(run(n) -> seconds of each of n more train steps, matmul FLOPs, devices), compiled once.
 
-  Returns a dict: median_s, pairs_per_s, compile_s (first step, compile included), steps,
-  devices, matmul_flops (of the step's program, `flops.matmul_flops`: all devices together)
-  and matmul_flops_per_s.
+  The first call of `run` includes the compilation. State is threaded from step to step, as
+  in training (donated), on the same global batch.
   """
-
   mesh = mesh or sharding.make_mesh(config)
   tx = step_lib.make_optimizer(config)
   batch_sharding = sharding.batch_sharding(mesh)
@@ -163,24 +165,55 @@ def time_train_step(config, model, batch, steps=5, mesh=None):
   init = functools.partial(step_lib.init_state, model, tx, example)
   abstract = jax.eval_shape(init, jax.random.key(0))
   shardings = sharding.state_shardings(mesh, abstract, config)
-  state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
   step = functools.partial(step_lib.train_step, model=model, tx=tx, config=config, mesh=mesh)
   step_fn = jax.jit(step, in_shardings=(shardings, batch_sharding),
                     out_shardings=(shardings, None), donate_argnums=(0,))
   matmul_flops = flops.matmul_flops(step, abstract, example)
   global_batch = sharding.global_batch(batch_sharding, batch)
-  times = []
-  for _ in range(steps + 2):
-    t = time.perf_counter()
-    state, metrics = step_fn(state, global_batch)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - t)
+  live = {"state": jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))}
+
+  def run(n):
+    times = []
+    for _ in range(n):
+      t = time.perf_counter()
+      live["state"], live["metrics"] = step_fn(live["state"], global_batch)
+      jax.block_until_ready((live["state"], live["metrics"]))
+      times.append(time.perf_counter() - t)
+    run.loss = float(live["metrics"]["train/loss"])
+    return times
+  return run, matmul_flops, int(mesh.devices.size)
+
+
+def time_train_step(config, model, batch, steps=5, mesh=None):
+  """Seconds per `step.train_step` on `batch` (global numpy batch): median after warm-up.
+
+  Returns a dict: median_s, pairs_per_s, compile_s (first step, compile included), steps,
+  devices, matmul_flops (of the step's program, `flops.matmul_flops`: all devices together)
+  and matmul_flops_per_s.
+  """
+  run, matmul_flops, devices = _step_runner(config, model, batch, mesh)
+  times = run(steps + 2)
   median = statistics.median(times[2:])
   pairs = config.batch_size * config.data.captions_per_image
   return {"median_s": median, "pairs_per_s": pairs / median, "compile_s": times[0],
-          "steps": steps, "devices": int(mesh.devices.size),
-          "loss": float(metrics["train/loss"]), "matmul_flops": matmul_flops,
+          "steps": steps, "devices": devices, "loss": run.loss, "matmul_flops": matmul_flops,
           "matmul_flops_per_s": matmul_flops / median}
+
+
+def interleaved_with_torch(config, model, batch, python, rounds, steps=5):
+  """`rounds` rounds, each PyTorch's reference step (`torch_reference`, a fresh process: the
+  median of its 5 steps) and then ours (the median of `steps`, one compiled step throughout):
+  a comparison that holds where the machine's speed drifts. Per-round seconds and ratios."""
+  run, _, _ = _step_runner(config, model, batch)
+  run(2)  # compile and warm up
+  torch_s, ours_s = [], []
+  for _ in range(rounds):
+    torch_s.append(torch_reference(python)["step_s"])
+    ours_s.append(statistics.median(run(steps)))
+  ratios = [t / o for t, o in zip(torch_s, ours_s)]
+  return {"rounds": rounds, "torch_s": torch_s, "ours_s": ours_s, "ratio": ratios,
+          "torch_median_s": statistics.median(torch_s), "ours_median_s": statistics.median(ours_s),
+          "ratio_median": statistics.median(ratios)}
 
 
 def load_config(name, arg=None):
@@ -481,10 +514,11 @@ def _demo_and_bigru_rows(results, details, quick, steps):
 
 
 def run(quick=False, torch_python=None, bert_base=None, reference_dtype="float32",
-        only_reference=False):
+        only_reference=False, torch_rounds=0):
   """All benchmarks (or, with `only_reference`, the reference rows); JSON-ready results.
 
-  `bert_base` (default: on GPU/TPU only) adds the reference model with BERT-base.
+  `bert_base` (default: on GPU/TPU only) adds the reference model with BERT-base;
+  `torch_rounds` (with `torch_python`) adds `interleaved_with_torch`.
   """
   results = {"quick": quick, "machine": machine(), "notes": []}
   if bert_base is None:
@@ -504,6 +538,8 @@ def run(quick=False, torch_python=None, bert_base=None, reference_dtype="float32
   c, m, b = reference_setup(dtype=reference_dtype)
   details["reference"] = time_train_step(c, m, b, steps)
   details["reference"]["packing"] = packing_of(c, b)
+  if torch_python and torch_rounds:
+    results["torch_interleaved"] = interleaved_with_torch(c, m, b, torch_python, torch_rounds)
   if not quick:
     details["reference"]["profile_s"] = profile_reference(c, m, b)
     details["reference:padded"] = time_train_step(
@@ -579,6 +615,12 @@ def table(results):
     for piece in ("image_tower_fwd_bwd_s", "text_tower_fwd_bwd_s"):
       lines.append(f"| reference, PyTorch: {piece[:-2].replace('_', ' ')} (s) | "
                    f"{torch_ref[piece]:.3f} |")
+  rounds = results.get("torch_interleaved")
+  if rounds:
+    lines.append(f"| reference step, ours / PyTorch, {rounds['rounds']} interleaved rounds, "
+                 f"medians (s) | {rounds['ours_median_s']:.3f} / {rounds['torch_median_s']:.3f} "
+                 f"(this code: {rounds['ratio_median']:.2f}x, rounds {min(rounds['ratio']):.2f}"
+                 f"-{max(rounds['ratio']):.2f}x) |")
   torch_base = results.get("torch_reference_bert_base")
   if torch_base and "reference:bert-base" in results["train_step_s"]:
     ours = results["train_step_s"]["reference:bert-base"]
@@ -622,7 +664,7 @@ def main(argv):
     results = devices8_part(FLAGS.quick)
   else:
     results = run(FLAGS.quick, FLAGS.torch_python, FLAGS.bert_base, FLAGS.reference_dtype,
-                  FLAGS.only_reference)
+                  FLAGS.only_reference, FLAGS.torch_rounds)
     print(table(results), flush=True)
     for note in results["notes"]:
       print(f"note: {note}")

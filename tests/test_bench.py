@@ -133,6 +133,34 @@ def test_torch_reference_without_torch_is_one_clear_error():
   assert message.startswith(f"error: --torch_python={sys.executable}: ") and "torch" in message
 
 
+def test_interleaved_rounds_alternate_pytorch_and_ours(tmp_path, monkeypatch):
+  """PyTorch (a fake interpreter printing bench_torch's JSON line) and our step (a stand-in
+  runner with known step times) alternate, round by round; ratios per round."""
+  fake = tmp_path / "python"
+  fake.write_text(f"#!/bin/sh\necho torch >> {tmp_path / 'order'}\n"
+                  "echo '{\"step_s\": 3.0, \"torch\": \"9.9\"}'\n")
+  fake.chmod(0o755)
+  ours = iter([[9.0, 9.0], [1.0, 2.0, 1.5, 9.0, 1.2], [1.5, 1.5, 1.5, 1.5, 1.5]])
+
+  def runner(config, model, batch, mesh=None):
+    def run(n):
+      times = next(ours)
+      assert len(times) == n
+      (tmp_path / "order").open("a").write("ours\n")
+      return times
+    return run, 1e9, 1
+  monkeypatch.setattr(bench, "_step_runner", runner)
+  out = bench.interleaved_with_torch(None, None, None, str(fake), rounds=2)
+  order = (tmp_path / "order").read_text().split()
+  assert order == ["ours", "torch", "ours", "torch", "ours"]  # warm-up, then alternating
+  assert out["torch_s"] == [3.0, 3.0] and out["ours_s"] == [1.5, 1.5]
+  assert out["ratio"] == [2.0, 2.0] and out["ratio_median"] == 2.0
+  text = bench.table(_results({"reference": {"median_s": 0.5, "pairs_per_s": 256.0}},
+                              torch_interleaved=out))
+  assert ("| reference step, ours / PyTorch, 2 interleaved rounds, medians (s) | 1.500 / 3.000 "
+          "(this code: 2.00x, rounds 2.00-2.00x) |") in text
+
+
 def test_pipeline_rate_of_the_demo():
   config, data, _ = bench.demo_setup("tiny")
   out = bench.time_pipeline(config, data, 3)
