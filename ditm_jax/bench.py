@@ -4,8 +4,8 @@
 
 Prints a table and writes a JSON object with "train_step_s" (config name -> median seconds
 per step), "pairs_per_s", "eval_5k_s", "eval_5k_numpy_s", "descriptiveness_616k_s",
-"pipeline_rows_per_s", "peak_rss_mb", "machine", "loss_memory", "sharded_vs_plain_8dev" and
-"notes". Train steps are the trainer's own `step.train_step` (jit, donated state, the
+"pipeline_rows_per_s", "peak_rss_mb", "machine", "loss_memory", "sharded_vs_plain_8dev",
+"text_tower_coco_lengths" and "notes". Train steps are the trainer's own `step.train_step` (jit, donated state, the
 mesh over the visible devices), timed on one fixed batch: the median of several steps after
 two warm-up steps (the first compiles). The parts that need 8 devices (the loss memory at
 B = 4,096 and the demo step with the plain and the sharded objective) run in a child process
@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -359,6 +360,55 @@ def time_eval(n_img, captions_per_image=5, repeats=3, numpy_reference=True):
   return out
 
 
+def coco_caption_lengths(max_tokens=40):
+  """(images, 5) token counts of the COCO 5K test captions (../shared/data): words and
+  punctuation marks plus [CLS] and [SEP], a stand-in for WordPiece counts (no vocabulary
+  here); None where the file is absent."""
+  if not os.path.exists(COCO_CAPTIONS):
+    return None
+  with open(COCO_CAPTIONS) as f:
+    counts = [len(re.findall(r"\w+|[^\w\s]", l.lower())) + 2 for l in f if l.strip()]
+  return np.minimum(np.asarray(counts).reshape(-1, 5), max_tokens)
+
+
+def text_tower_at_caption_lengths(lengths, bert=None, images=128, k=2, max_tokens=40,
+                                  rounds=3, overflow=1e-3):
+  """The BERT text tower's forward+backward on captions of `lengths` ((N, 5) token counts)
+  with BERT's buffer fixed at 0.75, derived from `lengths` (`capacity`, as the trainer does:
+  one device, two packed masks) and padded. `images` x `k` captions drawn as the pipeline
+  draws them. Medians of `rounds` interleaved rounds, and matmul FLOPs."""
+  rng = np.random.default_rng(0)
+  chosen = rng.choice(len(lengths), images, replace=False)
+  slots = np.argsort(rng.random((images, lengths.shape[1])), axis=1)[:, :k]
+  n = lengths[chosen[:, None], slots].reshape(-1)
+  mask = np.arange(max_tokens)[None, :] < n[:, None]
+  cfg = bert_lib.BertConfig(**(bert or REFERENCE_BERT))
+  tokens = np.where(mask, rng.integers(1000, cfg.vocab_size, mask.shape), 0).astype(np.int32)
+  args = (jnp.asarray(tokens), jnp.asarray(mask))
+  counts = capacity.caption_sum_counts(lengths, max_tokens)[str(k)]
+  fractions = {"fixed": 0.75, "derived": capacity.fraction(counts, images, k * max_tokens,
+                                                           overflow / 2), "padded": 0.0}
+  fns, out = {}, {"fractions": fractions, "mean_fill": float(mask.mean()), "gflop": {},
+                  "fits": {}, "median_s": {}}
+  for name, fraction in fractions.items():
+    fits = fraction > 0 and bool(packing.fits(args[1], fraction))
+    tower = encoders.BertTextEncoder(cfg, embed_dim=1024, token_capacity=fraction, pack=fits)
+    params = jax.jit(tower.init)(jax.random.key(0), *args)["params"]
+    grad = jax.jit(jax.grad(lambda p, t, m, tower=tower: jnp.sum(
+        tower.apply({"params": p}, t, m) ** 2)))
+    out["fits"][name], out["gflop"][name] = fits, flops.matmul_flops(grad, params, *args) / 1e9
+    jax.block_until_ready(grad(params, *args))
+    fns[name] = (grad, params)
+  times = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, (grad, params) in fns.items():
+      t = time.perf_counter()
+      jax.block_until_ready(grad(params, *args))
+      times[name].append(time.perf_counter() - t)
+  out["median_s"] = {name: statistics.median(v) for name, v in times.items()}
+  return out
+
+
 def time_descriptiveness(count):
   """Seconds to fit descriptiveness on `count` captions and score them.
 
@@ -564,6 +614,12 @@ def run(quick=False, torch_python=None, bert_base=None, reference_dtype="float32
   if quick:
     results["notes"].append("--quick: eval on 1000 x 5000, descriptiveness on 61,600 captions")
 
+  lengths = coco_caption_lengths()
+  if lengths is None:
+    results["notes"].append(f"{COCO_CAPTIONS} absent: no text tower at COCO caption lengths")
+  else:
+    results["text_tower_coco_lengths"] = text_tower_at_caption_lengths(
+        lengths, rounds=1 if quick else 3)
   results["descriptiveness"] = time_descriptiveness(61_600 if quick else 616_000)
   results["descriptiveness_616k_s"] = results["descriptiveness"]["fit_plus_score_s"]
 
@@ -634,6 +690,13 @@ def table(results):
     if ev.get("numpy_s") is not None:
       lines.append(f"| ranking, NumPy reference (s) | {ev['numpy_s']:.2f} |")
     lines.append(f"| ranking from 1024-d embeddings (s) | {ev['from_embeddings_s']:.3f} |")
+  coco = results.get("text_tower_coco_lengths")
+  if coco:
+    f, g, t = coco["fractions"], coco["gflop"], coco["median_s"]
+    lines.append(f"| reference text tower fwd+bwd, COCO caption lengths, BERT buffer 0.75 / "
+                 f"{f['derived']:.3f} (derived) / padded (s; GFLOP) | {t['fixed']:.3f} / "
+                 f"{t['derived']:.3f} / {t['padded']:.3f}; {g['fixed']:.1f} / "
+                 f"{g['derived']:.1f} / {g['padded']:.1f} |")
   d = results.get("descriptiveness")
   if d:
     lines.append(f"| descriptiveness fit + score, {d['captions']:,} captions (s) | "

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ditm_jax import bench
+from ditm_jax.models import capacity
 
 
 def test_machine_describes_cpu_and_jax():
@@ -69,6 +70,10 @@ def test_table_lists_every_measurement():
                "from_embeddings_s": 0.4},
       "descriptiveness": {"captions": 616000, "fit_plus_score_s": 12.0},
       "pipeline_rows_per_s": 5000.0,
+      "text_tower_coco_lengths": {
+          "fractions": {"fixed": 0.75, "derived": 0.348, "padded": 0.0},
+          "gflop": {"fixed": 162.7, "derived": 78.6, "padded": 215.0},
+          "median_s": {"fixed": 2.7, "derived": 1.6, "padded": 3.8}},
       "sharded_vs_plain_8dev": {"plain": step, "sharded": step},
       "loss_memory": {"batch_size": 4096, "triplet": {
           "plain_temp_bytes": 2**30, "sharded_temp_bytes": 2**28,
@@ -80,7 +85,9 @@ def test_table_lists_every_measurement():
   text = bench.table(results)
   for piece in ("train step demo", "reference: text tower", "5000x25000", "NumPy", "616,000",
                 "rows/s", "sharded objective", "1024 / 256 / 4096", "peak RSS",
-                "0.690 / 0.820 (the batch fits)"):
+                "0.690 / 0.820 (the batch fits)",
+                "0.348 (derived) / padded (s; GFLOP) | 2.700 / 1.600 / 3.800; 162.7 / 78.6 / "
+                "215.0 |"):
     assert piece in text, piece
 
 
@@ -159,6 +166,22 @@ def test_interleaved_rounds_alternate_pytorch_and_ours(tmp_path, monkeypatch):
                               torch_interleaved=out))
   assert ("| reference step, ours / PyTorch, 2 interleaved rounds, medians (s) | 1.500 / 3.000 "
           "(this code: 2.00x, rounds 2.00-2.00x) |") in text
+
+
+def test_text_tower_at_caption_lengths_packs_into_the_derived_buffer():
+  lengths = np.random.default_rng(0).integers(3, 9, (40, 5))  # a third to a half of 16
+  tiny = dict(vocab_size=2000, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+              intermediate_size=32)
+  out = bench.text_tower_at_caption_lengths(lengths, bert=tiny, images=8, k=2, max_tokens=16,
+                                            rounds=1)
+  derived = capacity.fraction(capacity.caption_sum_counts(lengths, 16)["2"], 8, 32, 5e-4)
+  assert out["fractions"] == {"fixed": 0.75, "derived": derived, "padded": 0.0}
+  assert out["fits"] == {"fixed": True, "derived": True, "padded": False}
+  assert out["gflop"]["derived"] < out["gflop"]["fixed"] < out["gflop"]["padded"]
+  assert 3 / 16 <= out["mean_fill"] <= 8 / 16 and set(out["median_s"]) == set(out["fractions"])
+  lengths = bench.coco_caption_lengths()
+  if lengths is not None:  # ../shared/data: 25,000 captions, about a third of 40 tokens
+    assert lengths.shape == (5000, 5) and 0.3 < lengths.mean() / 40 < 0.37
 
 
 def test_pipeline_rate_of_the_demo():
