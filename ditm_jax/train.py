@@ -45,9 +45,7 @@ class Trainer:
     self.data = datasets.load(config)
     # Packing buffers sized from the training data (a copy: the caller's config is left as is).
     self.config = config = config.copy_and_resolve_references()
-    for line in capacity.derive(config, self.data.train, self.mesh.shape[sharding.DATA]):
-      if self.is_main:
-        print(f"Packing: {line}", flush=True)
+    self.packing_notes = capacity.derive(config, self.data.train, self.mesh.shape[sharding.DATA])
     dtype = jnp.dtype(config.dtype)
     self.model = model_lib.build(config, self.data.vocab_size, dtype=dtype)
     self.tx = step_lib.make_optimizer(config)
@@ -119,7 +117,9 @@ class Trainer:
       if self.is_main:
         print(f"Resuming from checkpoint at step {start}", flush=True)
     self.writer.truncate_after(start)
-    if self.is_main:  # the run's config, for tools that rebuild the model (ditm_jax.retrieve)
+    if self.is_main:  # the packing buffers chosen, and the run's config (for ditm_jax.retrieve)
+      for line in self.packing_notes:
+        print(f"Packing: {line}", flush=True)
       with tf.io.gfile.GFile(tf.io.gfile.join(self.workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=1))
     step_fn = jax.jit(functools.partial(step_lib.train_step, model=self.model, tx=self.tx,
