@@ -1,16 +1,17 @@
 """Benchmarks: train step, 5K ranking, descriptiveness, input pipeline, loss memory.
 
-  python -m ditm_jax.bench --out=FILE.json [--quick] [--torch_python=PYTHON]
+  python -m ditm_jax.bench --out=FILE.json [--quick] [--torch_python=PYTHON [--torch_rounds=N]]
 
 Prints a table and writes a JSON object with "train_step_s" (config name -> median seconds
 per step), "pairs_per_s", "eval_5k_s", "eval_5k_numpy_s", "descriptiveness_616k_s",
 "pipeline_rows_per_s", "peak_rss_mb", "machine", "loss_memory", "sharded_vs_plain_8dev",
-"text_tower_coco_lengths" and "notes". Train steps are the trainer's own `step.train_step` (jit, donated state, the
-mesh over the visible devices), timed on one fixed batch: the median of several steps after
-two warm-up steps (the first compiles). The parts that need 8 devices (the loss memory at
-B = 4,096 and the demo step with the plain and the sharded objective) run in a child process
-with 8 CPU devices. `--quick` shrinks sizes and repeats for a smoke run (its numbers are not
-the targets'). Nothing here is a pass/fail test; the targets are in README "Benchmarks".
+"text_tower_coco_lengths" and "notes". Train steps are the trainer's own `step.train_step`
+(jit, donated state, the mesh over the visible devices), timed on one fixed batch: the median
+of several steps after two warm-up steps (the first compiles). The parts that need 8 devices
+(the loss memory at B = 4,096 and the demo step with the plain and the sharded objective) run
+in a child process with 8 CPU devices. `--quick` shrinks sizes and repeats for a smoke run
+(its numbers are not the targets'). Nothing here is a pass/fail test; the targets are in README
+"Benchmarks".
 """
 
 import functools
@@ -389,7 +390,7 @@ def text_tower_at_caption_lengths(lengths, bert=None, images=128, k=2, max_token
   fractions = {"fixed": 0.75, "derived": capacity.fraction(counts, images, k * max_tokens,
                                                            overflow / 2), "padded": 0.0}
   fns, out = {}, {"fractions": fractions, "mean_fill": float(mask.mean()), "gflop": {},
-                  "fits": {}, "median_s": {}}
+                  "fits": {}}
   for name, fraction in fractions.items():
     fits = fraction > 0 and bool(packing.fits(args[1], fraction))
     tower = encoders.BertTextEncoder(cfg, embed_dim=1024, token_capacity=fraction, pack=fits)
