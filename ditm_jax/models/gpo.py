@@ -62,7 +62,10 @@ def descending_ranks(features, mask):
   positions (one fused compare-and-add per step): written as one expression, XLA fuses
   the comparisons into the consumer's gather and recomputes them per element. The ranks
   are uint8 for N <= 256 (int32 beyond): a quarter of the memory traffic per step, ranks
-  of (128, 36, 1024) in 16 ms instead of 27 ms on 2 CPU cores.
+  of (128, 36, 1024) in 16 ms instead of 27 ms on 2 CPU cores. Four positions per loop
+  step (`unroll`) read and write the counts a quarter as often: the reference image tower's
+  fwd+bwd took 0.479 s against 0.491 s one position per step (medians of 8 interleaved
+  rounds).
   """
   n = features.shape[1]
   low = jnp.finfo(features.dtype).min
@@ -75,15 +78,48 @@ def descending_ranks(features, mask):
     return ranks + ahead.astype(ranks.dtype)
 
   dtype = jnp.uint8 if n <= 256 else jnp.int32
-  return jax.lax.fori_loop(0, n, count, jnp.zeros(x.shape, dtype))
+  first = jnp.where(0 < position, x[:, :1] >= x, False).astype(dtype)  # count(0, zeros)
+  return jax.lax.fori_loop(1, n, count, first, unroll=4)
 
 
 def rank_pool(features, mask, weights):
   """sum_k weights[b, k] * (k-th largest valid value of features[b, :, d]), float32."""
   ranks = descending_ranks(features, mask)
-  per_value = jax.vmap(lambda w, r: w[r])(weights, ranks)
   values = jnp.where(mask[..., None], features, 0).astype(jnp.float32)
-  return jnp.sum(values * per_value, axis=1)
+  return _pool_by_rank(values, ranks, weights)
+
+
+def _weights_by_rank(weights, ranks):
+  """(B, N, D): weights[b, ranks[b, i, d]], the weight of each value."""
+  return jax.vmap(lambda w, r: w[r])(weights, ranks)
+
+
+@jax.custom_vjp
+def _pool_by_rank(values, ranks, weights):
+  """sum_i values[b, i, d] * weights[b, ranks[b, i, d]] over i: (B, D).
+
+  The backward pass reuses the forward's per-value weights for the values' gradient and
+  adds each value's share to its rank's weight in one scatter-add. With autodiff of the same
+  expression the reference image tower's fwd+bwd took 0.510 s against 0.491 s (2 CPU cores,
+  medians of 8 interleaved rounds).
+  """
+  return jnp.sum(values * _weights_by_rank(weights, ranks), axis=1)
+
+
+def _pool_by_rank_fwd(values, ranks, weights):
+  per_value = _weights_by_rank(weights, ranks)
+  return jnp.sum(values * per_value, axis=1), (values, ranks, per_value)
+
+
+def _pool_by_rank_bwd(residual, g):
+  values, ranks, per_value = residual
+  g = g[:, None, :]
+  n = values.shape[1]
+  d_weights = jax.vmap(lambda y, r: jnp.zeros((n,), y.dtype).at[r].add(y))(values * g, ranks)
+  return g * per_value, None, d_weights
+
+
+_pool_by_rank.defvjp(_pool_by_rank_fwd, _pool_by_rank_bwd)
 
 
 def sort_pool(features, mask, weights):
