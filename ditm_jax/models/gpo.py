@@ -78,8 +78,8 @@ def descending_ranks(features, mask):
     return ranks + ahead.astype(ranks.dtype)
 
   dtype = jnp.uint8 if n <= 256 else jnp.int32
-  first = jnp.where(0 < position, x[:, :1] >= x, False).astype(dtype)  # count(0, zeros)
-  return jax.lax.fori_loop(1, n, count, first, unroll=4)
+  # The first step outside the loop: its zeros fuse into it rather than fill a carry.
+  return jax.lax.fori_loop(1, n, count, count(0, jnp.zeros(x.shape, dtype)), unroll=4)
 
 
 def rank_pool(features, mask, weights):
