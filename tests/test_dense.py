@@ -74,3 +74,15 @@ def test_other_products_pass_through_unchanged():
   batched = (((2,), (1,)), ((0,), (0,)))
   np.testing.assert_allclose(dense.dot_general(a, b, batched), np.einsum("bij,bjk->bik", a, b),
                              rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend,features,copied", [("cpu", 8, True), ("cpu", 24, True),
+                                                     ("cpu", 16, False), ("other", 8, False)])
+def test_the_copy_runs_on_cpu_for_unequal_widths_only(monkeypatch, backend, features, copied):
+  if backend == "other":
+    monkeypatch.setattr(dense.jax, "default_backend", lambda: "gpu")
+  x = jnp.ones((37, 16), jnp.float32)
+  params = dense.Dense(features).init(jax.random.key(0), x)
+  grad = jax.grad(lambda p: jnp.sum(dense.Dense(features).apply(p, x) ** 2))
+  primitives = {e.primitive.name for e in jax.make_jaxpr(grad)(params).jaxpr.eqns}
+  assert ("optimization_barrier" in primitives) == copied
