@@ -58,9 +58,9 @@ def test_ranks_are_a_permutation_with_masked_last():
     assert (ranks[b][mask[b]] < lengths[b]).all() and (ranks[b][~mask[b]] >= lengths[b]).all()
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_rank_pool_gradients_equal_sort_pool(seed):
-  x, mask, w = _case(seed)
+@pytest.mark.parametrize("seed,n", [(0, 9), (1, 9), (1, 80)])  # 80: weights gathered
+def test_rank_pool_gradients_equal_sort_pool(seed, n):
+  x, mask, w = _case(seed, n=n)
   g = np.random.default_rng(9).standard_normal((x.shape[0], x.shape[2])).astype(np.float32)
   grads = lambda f: jax.jit(jax.grad(lambda a, b: jnp.sum(f(a, mask, b) * g), argnums=(0, 1)))
   got, want = grads(gpo.rank_pool)(x, w), grads(gpo.sort_pool)(x, w)
@@ -78,3 +78,39 @@ def test_gpo_module_bfloat16_features():
   ref = gpo.GPO(dtype=jnp.float32).apply({"params": params}, np.asarray(
       jnp.asarray(x, jnp.bfloat16).astype(jnp.float32)), mask)
   np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("n", [9, 80])  # a chain of selects up to 64, a gather beyond
+def test_weights_by_rank_and_add_by_rank_equal_numpy(n):
+  rng = np.random.default_rng(n)
+  b, d = 4, 6
+  ranks = np.stack([np.stack([rng.permutation(n) for _ in range(d)], 1) for _ in range(b)])
+  ranks = ranks.astype(np.uint8)
+  w = rng.standard_normal((b, n)).astype(np.float32)
+  y = rng.standard_normal((b, n, d)).astype(np.float32)
+  np.testing.assert_array_equal(np.asarray(gpo._weights_by_rank(w, ranks)),
+                                np.take_along_axis(w[:, :, None], ranks.astype(np.int64), 1))
+  want = np.zeros((b, n))
+  for i in range(b):
+    np.add.at(want[i], ranks[i].ravel(), y[i].ravel().astype(np.float64))
+  np.testing.assert_allclose(np.asarray(gpo._add_by_rank(y, ranks)), want, rtol=1e-5, atol=1e-5)
+
+
+def test_gpo_weights_by_set_size_equal_weights_per_set():
+  # 12 sets of up to 4 values: the GRU runs once per size 0..4 and each set takes its row;
+  # one set at a time, the GRU runs on that set itself. Values and parameter gradients agree.
+  x, mask, _ = _case(5, b=12, n=4, d=3)
+  mask[3] = False  # an empty set: size 0
+  module = gpo.GPO()
+  params = module.init(jax.random.key(1), x, mask)["params"]
+  loss = lambda p, x, m: jnp.sum(jnp.sin(module.apply({"params": p}, x, m)))
+  value_and_grad = jax.jit(jax.value_and_grad(loss))
+  got_value, got_grad = value_and_grad(params, x, mask)
+  per_set = [value_and_grad(params, x[i:i + 1], mask[i:i + 1]) for i in range(len(x))]
+  np.testing.assert_allclose(float(got_value), sum(float(v) for v, _ in per_set), rtol=1e-5)
+  want_grad = jax.tree.map(lambda *g: sum(np.asarray(a, np.float64) for a in g),
+                           *[g for _, g in per_set])
+  for a, b in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):
+    np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-6)
+  pooled = module.apply({"params": params}, x, mask)
+  np.testing.assert_array_equal(np.asarray(pooled[3]), 0)

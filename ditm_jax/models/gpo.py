@@ -41,16 +41,24 @@ class GPO(nn.Module):
   def __call__(self, features, mask):
     b, n, _ = features.shape
     lengths = mask.sum(-1).astype(jnp.int32)
-    pe = jnp.broadcast_to(positional_encoding(n, self.pe_dim), (b, n, self.pe_dim))
+    # The weights depend on a set's size only: with fewer possible sizes (0..n) than sets,
+    # the GRU runs once per size and each set takes its size's row (the same values; the
+    # parameters' gradients are summed in another order). The reference image tower's GRU
+    # fwd+bwd: 5.3 ms for 37 rows against 14.0 ms for 128 sets (2 CPU cores).
+    by_size = n + 1 < b
+    sizes = jnp.arange(n + 1, dtype=jnp.int32) if by_size else lengths
+    pe = jnp.broadcast_to(positional_encoding(n, self.pe_dim), (sizes.shape[0], n, self.pe_dim))
     cell = lambda: nn.GRUCell(self.hidden, dtype=self.dtype)
     gru = nn.Bidirectional(nn.RNN(cell()), nn.RNN(cell()), merge_fn=lambda a, c: (a + c) / 2)
-    h = gru(pe.astype(self.dtype), seq_lengths=lengths)
+    h = gru(pe.astype(self.dtype), seq_lengths=sizes)
     scores = nn.Dense(1, use_bias=False, dtype=self.dtype)(h)[..., 0].astype(jnp.float32)
     # Sorted index k is valid iff k < length: after a descending sort of masked
     # features the valid values come first.
-    valid = jnp.arange(n)[None, :] < lengths[:, None]
+    valid = jnp.arange(n)[None, :] < sizes[:, None]
     scores = jnp.where(valid, scores / self.temperature, -1e9)
     weights = jax.nn.softmax(scores, axis=-1)
+    if by_size:
+      weights = weights[lengths]
     return rank_pool(features, mask, weights)
 
 
@@ -89,9 +97,35 @@ def rank_pool(features, mask, weights):
   return _pool_by_rank(values, ranks, weights)
 
 
+# Sets up to this size take their weights by a chain of selects (below); larger ones gather.
+_SELECT_MAX = 64
+
+
 def _weights_by_rank(weights, ranks):
-  """(B, N, D): weights[b, ranks[b, i, d]], the weight of each value."""
-  return jax.vmap(lambda w, r: w[r])(weights, ranks)
+  """(B, N, D): weights[b, ranks[b, i, d]], the weight of each value.
+
+  For N <= 64 a chain of N compare-and-selects in one fused loop: inside GPO, XLA:CPU wrote
+  the vmapped gather's (b, rank) index pairs to memory first (4.7M int32 pairs for the
+  reference image tower, ~13 ms) before gathering.
+  """
+  n = weights.shape[1]
+  if n > _SELECT_MAX:
+    return jax.vmap(lambda w, r: w[r])(weights, ranks)
+  out = jnp.zeros(ranks.shape, weights.dtype)
+  for k in range(n):
+    out = jnp.where(ranks == k, weights[:, k, None, None], out)
+  return out
+
+
+def _add_by_rank(y, ranks):
+  """(B, N): sum of y[b, i, d] over the (i, d) with ranks[b, i, d] == k, for each k.
+
+  One scatter-add per set (`lax.map` over the batch): the vmapped scatter first wrote (b, rank)
+  index pairs to memory, and took 31 ms against 11 ms for (128, 36, 1024) on 2 CPU cores.
+  """
+  n = y.shape[1]
+  add = lambda yr: jnp.zeros((n,), y.dtype).at[yr[1].ravel()].add(yr[0].ravel())
+  return jax.lax.map(add, (y, ranks))
 
 
 @jax.custom_vjp
@@ -99,9 +133,10 @@ def _pool_by_rank(values, ranks, weights):
   """sum_i values[b, i, d] * weights[b, ranks[b, i, d]] over i: (B, D).
 
   The backward pass reuses the forward's per-value weights for the values' gradient and
-  adds each value's share to its rank's weight in one scatter-add. With autodiff of the same
-  expression the reference image tower's fwd+bwd took 0.510 s against 0.491 s (2 CPU cores,
-  medians of 8 interleaved rounds).
+  adds each value's share to its rank's weight with one scatter-add per set. With autodiff of
+  the same expression the reference image tower's fwd+bwd took 0.510 s against 0.491 s (2 CPU
+  cores, medians of 8 interleaved rounds). `rank_pool`'s fwd+bwd on (128, 36, 1024): 74 ms
+  with a vmapped gather and scatter, 52 ms with the selects and per-set scatters.
   """
   return jnp.sum(values * _weights_by_rank(weights, ranks), axis=1)
 
@@ -114,9 +149,7 @@ def _pool_by_rank_fwd(values, ranks, weights):
 def _pool_by_rank_bwd(residual, g):
   values, ranks, per_value = residual
   g = g[:, None, :]
-  n = values.shape[1]
-  d_weights = jax.vmap(lambda y, r: jnp.zeros((n,), y.dtype).at[r].add(y))(values * g, ranks)
-  return g * per_value, None, d_weights
+  return g * per_value, None, _add_by_rank(values * g, ranks)
 
 
 _pool_by_rank.defvjp(_pool_by_rank_fwd, _pool_by_rank_bwd)
