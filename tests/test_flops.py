@@ -85,11 +85,13 @@ def test_reference_step_count_by_hand():
   per_layer += 3 * 2 * b * heads * mm(length, hid // heads, length)
   text = layers * per_layer + 3 * mm(tokens, hid, d)
   # GPO, in both towers: a bidirectional GRU over n positional encodings (32 -> 32, 3 gates)
-  # and a scoring layer 32 -> 1. The input kernels run forward and their weight gradient (the
-  # encodings are constants); the recurrent kernels and the scores also pass gradients back.
+  # and a scoring layer 32 -> 1, once per set size 0..n (fewer than the b sets). The input
+  # kernels run forward and their weight gradient (the encodings are constants); the recurrent
+  # kernels and the scores also pass gradients back.
   def gpo(n):
-    steps = 2 * n * mm(b, 32, 3 * 32)  # one kernel, both directions, every position
-    return 2 * steps + 3 * steps + 3 * mm(b * n, 32, 1)
+    rows = n + 1
+    steps = 2 * n * mm(rows, 32, 3 * 32)  # one kernel, both directions, every position
+    return 2 * steps + 3 * steps + 3 * mm(rows * n, 32, 1)
   loss = 3 * mm(b, d, b)  # the similarity matrix, forward and both gradients
   assert count == image + text + gpo(r) + gpo(length) + loss
 
