@@ -39,6 +39,7 @@ import numpy as np
 
 from ditm_jax import descriptiveness
 from ditm_jax import flops
+from ditm_jax import host_memory
 from ditm_jax import losses
 from ditm_jax import losses_sharded
 from ditm_jax import sharding
@@ -724,11 +725,14 @@ def table(results):
 
 def main(argv):
   del argv
+  kept = host_memory.keep_freed_memory()  # before the first computation starts JAX's backend
   if FLAGS.part == "devices8":
     results = devices8_part(FLAGS.quick)
   else:
     results = run(FLAGS.quick, FLAGS.torch_python, FLAGS.bert_base, FLAGS.reference_dtype,
                   FLAGS.only_reference, FLAGS.torch_rounds)
+    results["notes"].append("host memory: freed memory kept in the process (ditm_jax/host_memory"
+                            ".py)" if kept else "host memory: glibc's defaults")
     print(table(results), flush=True)
     for note in results["notes"]:
       print(f"note: {note}")

@@ -76,6 +76,8 @@ def main(argv):
   if FLAGS.workdir is None:
     raise app.UsageError("--workdir is required")
   logging.set_verbosity(logging.WARNING)  # progress lines come from the trainer
+  from ditm_jax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.keep_freed_memory()  # before anything starts JAX's backend
   _maybe_initialize_distributed()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")  # TensorFlow only feeds data
