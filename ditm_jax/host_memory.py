@@ -5,7 +5,7 @@ execution ends: 684 MiB for the reference train step of `python -m ditm_jax.benc
 serves a block that large from a fresh `mmap` when the allocating thread is not the main one
 (as XLA's are), whatever its mmap threshold, and returns it with `munmap`. So every step faulted
 in ~154,000 zeroed pages: 0.37 s of kernel time per step on 2 CPU cores, and the step took
-1.09-1.14 s against 0.93-0.98 s with the block kept (the same process, medians of 4 steps).
+1.09-1.13 s against 0.94-0.98 s with the block kept (the fastest of 4 steps, three rounds).
 
 `keep_freed_memory` tells glibc to serve every thread from the main heap, without mmap, and
 never to return freed memory to the system: the block is reused from step to step. It must run
