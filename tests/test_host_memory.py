@@ -11,21 +11,22 @@ from ditm_jax import host_memory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# A jitted function whose 64 MiB temporary (the product) XLA allocates on every call; page
-# faults counted over the last three of five calls.
+# A jitted function whose 64 MiB temporary (the product) XLA allocates on every call: the page
+# faults of each of 19 calls after the first.
 CHILD = """
-import resource, sys
+import resource
 from ditm_jax import host_memory
 kept = host_memory.keep_freed_memory()
 import jax, jax.numpy as jnp
 a, b = jnp.ones((4096, 64)), jnp.ones((64, 4096))
 f = jax.jit(lambda a, b: jnp.max(jnp.sin(a @ b)))
-for _ in range(2):
+f(a, b).block_until_ready()
+faults = []
+for _ in range(19):
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   f(a, b).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
-  f(a, b).block_until_ready()
-print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(kept, *faults)
 """
 
 
@@ -34,7 +35,7 @@ def _faults(keep):
              PYTHONPATH=REPO)
   out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True,
                        check=True, timeout=300).stdout.split()
-  return out[0] == "True", int(out[1])
+  return out[0] == "True", [int(n) for n in out[1:]]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
@@ -42,9 +43,12 @@ def test_kept_memory_stops_per_call_page_faults():
   kept, faults_kept = _faults(True)
   not_kept, faults_default = _faults(False)
   assert kept and not not_kept
-  # 64 MiB is 16,384 pages of 4 KiB per call: the default faults them in on every call.
-  assert faults_default > 3 * 8_000, faults_default
-  assert faults_kept < 2_000, faults_kept
+  # 64 MiB is 16,384 pages of 4 KiB: glibc's defaults fault them in on every call. Kept, a
+  # call faults only where the heap first grows into untouched pages (in 0-5 of the 19 calls
+  # in 12 runs, depending on when the previous call's block was freed).
+  assert sum(n > 8_000 for n in faults_default) >= 17, faults_default
+  assert sum(faults_kept) < sum(faults_default) / 2, (faults_kept, faults_default)
+  assert sum(faults_kept[-5:]) < 20_000, faults_kept  # settled: at most one late growth
 
 
 def test_skipped_for_accelerators_and_when_asked(monkeypatch):
