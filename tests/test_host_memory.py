@@ -45,7 +45,7 @@ def test_kept_memory_stops_per_call_page_faults():
   assert kept and not not_kept
   # 64 MiB is 16,384 pages of 4 KiB: glibc's defaults fault them in on every call. Kept, a
   # call faults only where the heap first grows into untouched pages (in 0-5 of the 19 calls
-  # in 12 runs, depending on when the previous call's block was freed).
+  # in 6 runs, depending on when the previous call's block was freed).
   assert sum(n > 8_000 for n in faults_default) >= 17, faults_default
   assert sum(faults_kept) < sum(faults_default) / 2, (faults_kept, faults_default)
   assert sum(faults_kept[-5:]) < 20_000, faults_kept  # settled: at most one late growth
