@@ -31,6 +31,7 @@ def get_config(arg=None):
   c.data.world_seed = 0  # the procedural world (scenes, attribute embeddings)
   c.data.num_train = 4000  # training images (5 captions each)
   c.data.num_test = 1000  # test images: the standard 1K protocol
+  c.data.num_dev = 0  # dev images for tuning (split 'dev', e.g. evals.demo_test.split='dev')
   c.data.feature_dim = 64  # F of the (num_regions, F) region features
   c.data.num_regions = 36
   c.data.noise = 0.5  # std of region feature noise

@@ -36,6 +36,19 @@ class MetricsWriter:
       f.write("".join(lines))  # GFile has no writelines
     tf.io.gfile.rename(self.path + ".tmp", self.path, overwrite=True)
 
+  def rows(self):
+    """The JSON objects of metrics.jsonl, in order ([] when there is none)."""
+    if not tf.io.gfile.exists(self.path):
+      return []
+    out = []
+    with tf.io.gfile.GFile(self.path) as f:
+      for line in f:
+        try:
+          out.append(json.loads(line))
+        except json.JSONDecodeError:
+          continue  # a line torn by a killed run
+    return out
+
   def write(self, step, values):
     if not self.enabled:
       return
@@ -202,8 +215,9 @@ class Evaluator:
 
 
 _RECALLS = tuple(f"{d}_r{k}" for d in ("i2t", "t2i", "t2t", "i2i") for k in (1, 5, 10))
-_TABLE_COLUMNS = _RECALLS + ("rsum", "i2t_ndcg10", "t2i_ndcg10", "order_tau", "sits_spearman",
-                             "sts_spearman", "sis_spearman", "precision", "recall", "d_corr")
+_TABLE_COLUMNS = _RECALLS + ("rsum", "i2t_ndcg10", "t2i_ndcg10", "order_tau", "grade_tau",
+                             "sits_spearman", "sts_spearman", "sis_spearman", "precision",
+                             "recall", "d_corr")
 
 
 def table(results_by_run):

@@ -15,6 +15,7 @@ hardest-negative triplet loss; L_ord orders each image's captions by d.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -179,18 +180,35 @@ def row_ordering(X, pos, d, own_start, m, gamma, min_gap):
   return jax.lax.cond(_only_own(pos, own_start, m), own, every)
 
 
-def row_infonce(X, pos, r, temperature):
-  """Sum over rows of CE(softmax(X[l] / τ), (pos + r)[l] normalised)."""
-  y = pos.astype(X.dtype) + r
+def row_infonce(X, pos, r, temperature, pos_logit=None, budget=math.inf):
+  """Sum over rows of CE(softmax(X[l] / τ), y[l]), y[l] = (w + r_b)[l] normalised.
+
+  w = pos, or with `pos_logit` (R, N) graded: |pos_l| softmax of pos_logit over the row's
+  positives (the same total). r_b = r, scaled down where a row's relaxed mass exceeds
+  `budget` times its positive mass |pos_l|.
+  """
+  pos = pos.astype(bool)
+  w = pos.astype(X.dtype)
+  count = jnp.sum(w, 1, keepdims=True)
+  if pos_logit is not None:
+    logit = jnp.where(pos, pos_logit.astype(X.dtype), -jnp.inf)
+    top = jnp.max(logit, 1, keepdims=True)
+    e = jnp.where(pos, jnp.exp(logit - jnp.where(jnp.isfinite(top), top, 0.0)), 0.0)
+    w = count * e / jnp.maximum(jnp.sum(e, 1, keepdims=True), 1e-30)
+  mass = jnp.sum(r, 1, keepdims=True)
+  cap = budget * count
+  r = r * jnp.where(mass > cap, cap / jnp.maximum(mass, 1e-30), 1.0)
+  y = w + r
   y = y / jnp.sum(y, 1, keepdims=True)
   return -jnp.sum(y * jax.nn.log_softmax(X / temperature, 1))
 
 
-def _infonce_terms(S, P, r, r_prime, temperature):
-  """(L_i2t, L_t2i) of soft-target InfoNCE."""
+def _infonce_terms(S, P, r, r_prime, temperature, d=None, grading=0.0, budget=math.inf):
+  """(L_i2t, L_t2i) of soft-target InfoNCE; `grading` g > 0 grades positive targets by d."""
   P = P.astype(bool)
-  i2t = row_infonce(S, P, r, temperature) / S.shape[0]
-  t2i = row_infonce(S.T, P.T, r_prime.T, temperature) / S.shape[1]
+  pos_logit = None if d is None else grading * d.astype(S.dtype)[None, :]
+  i2t = row_infonce(S, P, r, temperature, pos_logit, budget) / S.shape[0]
+  t2i = row_infonce(S.T, P.T, r_prime.T, temperature, budget=budget) / S.shape[1]
   return i2t, t2i
 
 
@@ -262,13 +280,13 @@ def ramp(step, warmup_steps) -> jax.Array:
                    jnp.clip(step / jnp.maximum(warmup, 1.0), 0.0, 1.0), 1.0)
 
 
-@functools.partial(jax.jit,
-                   static_argnames=("matching", "max_violation", "sum_violation_steps"))
+@functools.partial(jax.jit, static_argnames=("matching", "max_violation", "sum_violation_steps",
+                                             "target_grading"))
 def objective(img: jax.Array, txt: jax.Array, img_ids: jax.Array,
               d: jax.Array, *, matching: str, temperature, margin,
               max_violation: bool, beta, relax_temp, order_weight, order_gamma,
               order_min_gap, step, relax_warmup_steps,
-              sum_violation_steps=0
+              sum_violation_steps=0, relax_budget=math.inf, target_grading=0.0
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Total L = L_match + λ s L_ord (s = B for 'triplet', 1 for 'infonce').
 
@@ -291,6 +309,10 @@ def objective(img: jax.Array, txt: jax.Array, img_ids: jax.Array,
     sum_violation_steps: with `max_violation`, the triplet loss sums over
       negatives for steps < this before taking the hardest (VSE-infinity's
       first-epoch warm-up); 0 takes the hardest from the start.
+    relax_budget: ρ, 'infonce': a row's (column's) relaxed target mass is
+      scaled down to at most ρ times its positive mass (inf: no cap).
+    target_grading: g (static), 'infonce': image->text targets of an image's
+      captions ∝ exp(g d) (0: equal).
 
   Returns:
     (L, terms): terms holds scalars 'loss', 'match', 'i2t', 't2i', 'order',
@@ -309,7 +331,8 @@ def objective(img: jax.Array, txt: jax.Array, img_ids: jax.Array,
   beta_eff = beta * ramp(step, relax_warmup_steps)
   r, r_prime = relaxation(S, P, d, beta_eff, relax_temp)
   if matching == "infonce":
-    i2t, t2i = _infonce_terms(S, P, r, r_prime, temperature)
+    i2t, t2i = _infonce_terms(S, P, r, r_prime, temperature, d if target_grading else None,
+                              target_grading, relax_budget)
     scale = 1.0
   else:
     terms = lambda hardest: _triplet_terms(S, P, r, r_prime, margin, hardest)

@@ -18,6 +18,7 @@ gradients.
 """
 # pylint: disable=invalid-name  # S, P, K: the formula's symbols.
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,8 @@ from jax.sharding import PartitionSpec as P
 from ditm_jax import losses
 
 
-def _local_terms(img, txt, ids, d, s, *, axis, matching, max_violation, sum_violation_steps):
+def _local_terms(img, txt, ids, d, s, *, axis, matching, max_violation, sum_violation_steps,
+                 target_grading):
   """Per-device sums of every term (see `objective`), already psum-ed over `axis`."""
   b_local, bk_local = img.shape[0], txt.shape[0]
   k = bk_local // b_local
@@ -55,8 +57,10 @@ def _local_terms(img, txt, ids, d, s, *, axis, matching, max_violation, sum_viol
   r, r_prime = jax.lax.stop_gradient((r, r_prime))
 
   if matching == "infonce":
-    i2t = losses.row_infonce(S_rows, P_rows, r, s["temperature"])
-    t2i = losses.row_infonce(S_cols, P_cols, r_prime, s["temperature"])
+    pos_logit = target_grading * all_d[None, :] if target_grading else None
+    i2t = losses.row_infonce(S_rows, P_rows, r, s["temperature"], pos_logit, s["relax_budget"])
+    t2i = losses.row_infonce(S_cols, P_cols, r_prime, s["temperature"],
+                             budget=s["relax_budget"])
   else:
     def triplet(hardest):
       return (losses.row_hardest(S_rows, P_rows, 1.0 - r, own_rows, k, s["margin"], hardest),
@@ -79,12 +83,12 @@ def _local_terms(img, txt, ids, d, s, *, axis, matching, max_violation, sum_viol
 
 
 @functools.partial(jax.jit, static_argnames=("mesh", "axis", "matching", "max_violation",
-                                             "sum_violation_steps"))
+                                             "sum_violation_steps", "target_grading"))
 def objective(img: jax.Array, txt: jax.Array, img_ids: jax.Array, d: jax.Array, *,
               mesh: jax.sharding.Mesh, axis: str = "data", matching: str, temperature, margin,
               max_violation: bool, beta, relax_temp, order_weight, order_gamma, order_min_gap,
-              step, relax_warmup_steps, sum_violation_steps=0
-              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+              step, relax_warmup_steps, sum_violation_steps=0, relax_budget=math.inf,
+              target_grading=0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
   """`losses.objective` computed as a shard_map over `mesh` axis `axis` (same arguments).
 
   The batch (B images, B*K captions) is split over the axis; B must be a multiple of its
@@ -105,9 +109,11 @@ def objective(img: jax.Array, txt: jax.Array, img_ids: jax.Array, d: jax.Array, 
   f32 = lambda v: jnp.asarray(v, jnp.float32)
   scalars = {"temperature": f32(temperature), "margin": f32(margin), "beta": f32(beta_eff),
              "relax_temp": f32(relax_temp), "order_gamma": f32(order_gamma),
-             "order_min_gap": f32(order_min_gap), "step": jnp.asarray(step, jnp.int32)}
+             "order_min_gap": f32(order_min_gap), "step": jnp.asarray(step, jnp.int32),
+             "relax_budget": f32(relax_budget)}
   local = functools.partial(_local_terms, axis=axis, matching=matching,
-                            max_violation=max_violation, sum_violation_steps=sum_violation_steps)
+                            max_violation=max_violation, sum_violation_steps=sum_violation_steps,
+                            target_grading=target_grading)
   sums = jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(axis), P(axis), P(axis), P()),
                        out_specs=P())(img, txt, img_ids, d.astype(jnp.float32), scalars)
   if matching == "infonce":

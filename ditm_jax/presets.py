@@ -64,9 +64,14 @@ def add_loss_fields(config, warmup_steps):
   config.loss.relax_beta = 0.5  # beta, strength of false-negative relaxation
   config.loss.relax_temp = 0.05  # tau_r of the relaxation sigmoid
   config.loss.relax_warmup_steps = warmup_steps  # beta rises linearly from 0 over these steps
+  config.loss.relax_budget = float("inf")  # rho: relaxed target mass <= rho x positive mass
+  config.loss.target_grading = 0.0  # g: infonce i2t targets of an image's captions ~ exp(g d)
   config.loss.order_weight = 1.0  # lambda of the generic-to-specific ordering loss
   config.loss.order_gamma = 0.2  # gamma, margin per unit of descriptiveness gap
   config.loss.order_min_gap = 0.05  # delta, smallest descriptiveness gap that is ordered
+  # Collapse: pos_sim - neg_sim below this at every log line of a quarter of the run (a warning
+  # and train/collapsed = 1 in metrics.jsonl; ditm_jax/collapse.py).
+  config.loss.collapse_gap = 0.01
   return config
 
 

@@ -48,7 +48,8 @@ def loss_kwargs(config):
               beta=l.relax_beta, relax_temp=l.relax_temp, order_weight=l.order_weight,
               order_gamma=l.order_gamma, order_min_gap=l.order_min_gap,
               relax_warmup_steps=l.relax_warmup_steps,
-              sum_violation_steps=l.sum_violation_steps)
+              sum_violation_steps=l.sum_violation_steps, relax_budget=l.relax_budget,
+              target_grading=l.target_grading)
 
 
 def temperature(config, log_temperature):

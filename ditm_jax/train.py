@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
+from ditm_jax import collapse
 from ditm_jax import evaluate as evaluate_lib
 from ditm_jax import preemption
 from ditm_jax import sharding
@@ -117,6 +118,8 @@ class Trainer:
       if self.is_main:
         print(f"Resuming from checkpoint at step {start}", flush=True)
     self.writer.truncate_after(start)
+    gaps = collapse.history_from_rows(self.writer.rows())  # [(step, pos_sim - neg_sim)]
+    warned = False
     if self.is_main:  # the packing buffers chosen, and the run's config (for ditm_jax.retrieve)
       for line in self.packing_notes:
         print(f"Packing: {line}", flush=True)
@@ -144,7 +147,15 @@ class Trainer:
         rate = (step - s0) / max(dt, 1e-9)
         values["train/steps_per_s"] = rate
         values["train/pairs_per_s"] = rate * pairs
+        gaps.append((step, values["train/pos_sim"] - values["train/neg_sim"]))
+        since = collapse.since(gaps, step, config.loss.collapse_gap, collapse.window(config))
+        values["train/sim_gap"] = gaps[-1][1]
+        values["train/collapsed"] = float(since is not None)
         self.writer.write(step, values)
+        if since is not None and not warned and self.is_main:
+          print(collapse.WARNING.format(step=step, gap=config.loss.collapse_gap, since=since,
+                                        loss=values["train/loss"]), flush=True)
+          warned = True
         eta = (config.total_steps - step) / max(rate, 1e-9)
         if self.is_main:
           print(f"step {step:>6}/{config.total_steps} " + " ".join(
@@ -211,6 +222,15 @@ class Trainer:
     state = self._restored_params(step)
     evaluator = evaluate_lib.Evaluator(self, which="metrics")
     results = evaluator.run(state.params, int(state.step), write=False)
+    train_rows = [r for r in self.writer.rows() if "train/collapsed" in r]
+    if train_rows and self.is_main:  # the training run's own verdict, at its last log line
+      last = train_rows[-1]
+      results["train/collapsed"] = last["train/collapsed"]
+      if last["train/collapsed"]:
+        gap = self.config.loss.collapse_gap
+        first = collapse.since(collapse.history_from_rows(train_rows), last["step"], gap, 0)
+        print(collapse.WARNING.format(step=last["step"], gap=gap, since=first,
+                                      loss=last["train/loss"]), flush=True)
     evaluate_lib.write_results(self.workdir, int(state.step), results)
     evaluate_lib.print_table(results)
     evaluate_lib.write_plots(self, evaluator.embedder)

@@ -90,3 +90,21 @@ def test_kendall_tau_masked_rows_in_small_groups():
   got = graded.kendall_tau(x, y, mask, max_pairs=50)
   np.testing.assert_allclose(got, want, equal_nan=True)
   assert np.isnan(got).any() and not np.isnan(got).all()
+
+
+def test_own_grade_tau_hand_worked():
+  # Two images, two captions each (image i owns captions 2i, 2i+1); other images' captions
+  # and their grades are ignored.
+  sims = np.array([[0.2, 0.6, 0.9, 0.0],
+                   [0.5, 0.5, 0.1, 0.4]])
+  relevance = np.array([[1.0, 3.0, 5.0, 0.0],
+                        [2.0, 0.0, 4.0, 1.0]])
+  # Image 0: grades (1, 3), sims (0.2, 0.6): concordant, 1. Image 1: grades (4, 1), sims
+  # (0.1, 0.4): discordant, -1. Mean 0.
+  assert graded.own_grade_tau(sims, relevance, 2) == pytest.approx(0.0)
+  relevance[1, 2:] = [1.0, 4.0]  # image 1 now concordant too
+  assert graded.own_grade_tau(sims, relevance, 2) == pytest.approx(1.0)
+  relevance[1, 3] = 0.0  # one graded caption left: image 1 is skipped
+  assert graded.own_grade_tau(sims, relevance, 2) == pytest.approx(1.0)
+  with pytest.raises(ValueError, match="n_img \\* 3"):
+    graded.own_grade_tau(sims, relevance, 3)

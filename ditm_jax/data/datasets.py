@@ -43,7 +43,7 @@ def load_demo(config) -> Data:
   """Generates the procedural demo world (DESIGN §8) from `config.data`."""
   d = config.data
   raw = demo.generate(d.world_seed, d.num_train, d.num_test, d.feature_dim,
-                      num_regions=d.num_regions, noise=d.noise)
+                     num_regions=d.num_regions, noise=d.noise, num_dev=d.num_dev)
   vocab = vocab_lib.Vocab.build(raw["train"].captions)
   scorer = descriptiveness.fit(raw["train"].captions, stop_words=config.descriptiveness.stop_words,
                                normalize=config.descriptiveness.normalize)
@@ -81,9 +81,11 @@ def load_prepared(config) -> Data:
   with tf.io.gfile.GFile(os.path.join(directory, records.DESCRIPTIVENESS)) as f:
     scorer = descriptiveness.Descriptiveness.from_dict(json.load(f))
   vocab_size, encode = records.text_tooling(manifest, config)
+  relevance = {name: (lambda name=name: records.read_relevance(directory, manifest, name))
+               for name, info in manifest["splits"].items() if "relevance" in info}
   return Data(train=pipeline.RecordSplit(directory, manifest, manifest["train_split"]),
               splits=_LazySplits(directory, manifest, config), vocab_size=vocab_size,
-              encode_text=encode, scorer=scorer)
+              encode_text=encode, scorer=scorer, relevance=relevance)
 
 
 class _LazySplits(collections.abc.Mapping):

@@ -138,13 +138,23 @@ def relevance(split):
   return truth(split.scenes, split.descriptors) * (split.levels[None, :] + 1.0)
 
 
-def generate(world_seed, num_train, num_test, feature_dim, num_regions=36, noise=0.5):
-  """The demo's train and test splits (image ids disjoint)."""
+def generate(world_seed, num_train, num_test, feature_dim, num_regions=36, noise=0.5,
+             num_dev=0):
+  """The demo's train and test splits, and a dev split for tuning when num_dev > 0.
+
+  Image ids are disjoint; each split has its own seed, so adding a dev split leaves train
+  and test as they are.
+  """
   train = make_split(world_seed, 1, num_train, feature_dim=feature_dim,
                      num_regions=num_regions, noise=noise)
   test = make_split(world_seed, 2, num_test, feature_dim=feature_dim,
                     num_regions=num_regions, noise=noise, first_image_id=num_train)
-  return {"train": train, "test": test}
+  splits = {"train": train, "test": test}
+  if num_dev:
+    splits["dev"] = make_split(world_seed, 3, num_dev, feature_dim=feature_dim,
+                               num_regions=num_regions, noise=noise,
+                               first_image_id=num_train + num_test)
+  return splits
 
 
 def describe_scene(scene):

@@ -32,7 +32,7 @@ import os
 import resource
 import shutil
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -55,6 +55,7 @@ class SplitSource:
   image_ids: np.ndarray  # (N,) int64
   chunks: Callable[[], Iterator[tuple[int, object]]]  # -> (first image, (n, R, F) or [bytes])
   layout: str  # how the raw files were read, for the manifest
+  relevance: Optional[np.ndarray] = None  # (M, 3) graded truth (image, caption, grade), if any
 
   @property
   def num_images(self):
@@ -115,6 +116,9 @@ def prepare(config):
       tokens, lengths = encode(src.captions)
       shards = min(d.train_shards, src.num_images) if name == d.train_split else 1
       splits[name] = _write_split(tmp, src, tokens, lengths, desc, shards, config)
+      if src.relevance is not None:
+        splits[name]["relevance"] = records.relevance_file(name)
+        np.save(os.path.join(tmp, records.relevance_file(name)), src.relevance)
     with open(os.path.join(tmp, records.DESCRIPTIVENESS), "w") as f:
       json.dump(scorer.to_dict(), f)
     values = records.settings(config, tokenizer.get("fingerprint"))
@@ -282,8 +286,41 @@ def _precomp_split(config, split):
   del features
   if stride > 1:
     _check_repeats(ims, n, stride, config.seed)
+  relevance = _precomp_relevance(os.path.join(d.raw_dir, f"{split}_relevance.npy"), n, lines)
+  if relevance is not None:
+    layout += f"; graded truth {split}_relevance.npy ({len(relevance)} pairs)"
   return SplitSource(name=split, captions=captions, image_ids=image_ids, layout=layout,
-                     chunks=lambda: _feature_chunks(ims, n, stride, caps))
+                     chunks=lambda: _feature_chunks(ims, n, stride, caps), relevance=relevance)
+
+
+def _precomp_relevance(path, n, lines):
+  """Optional graded truth: (M, 3) int rows (image index, caption line, grade > 0), or None.
+
+  Pairs not listed are irrelevant. Evaluation reads it for nDCG and the order of an image's
+  own captions (`evaluation.graded`); training never sees it.
+  """
+  if not os.path.isfile(path):
+    return None
+  fix = ("it must hold (M, 3) integers: image index (0..N-1), caption line (0..5N-1) and a "
+         "grade > 0 per relevant pair, each pair once")
+  try:
+    triples = np.load(path)
+  except (ValueError, OSError, EOFError) as e:
+    raise ValueError(f"{path} is not a readable .npy file ({e}); {fix}") from None
+  if triples.ndim != 2 or triples.shape[1] != 3 or triples.dtype.kind not in "iu":
+    raise ValueError(f"{path} holds {triples.dtype} {triples.shape}; {fix}")
+  triples = triples.astype(np.int64)
+  for col, (what, limit) in enumerate((("image index", n), ("caption line", lines))):
+    bad = np.flatnonzero((triples[:, col] < 0) | (triples[:, col] >= limit))
+    if bad.size:
+      raise ValueError(f"{path} row {bad[0]}: {what} {triples[bad[0], col]} is outside "
+                       f"0..{limit - 1}; {fix}")
+  bad = np.flatnonzero(triples[:, 2] <= 0)
+  if bad.size:
+    raise ValueError(f"{path} row {bad[0]}: grade {triples[bad[0], 2]} is not > 0; {fix}")
+  if len(np.unique(triples[:, 0] * lines + triples[:, 1])) != len(triples):
+    raise ValueError(f"{path} lists a pair twice; {fix}")
+  return triples
 
 
 def read_caption_lines(path):

@@ -124,6 +124,22 @@ def feature_spec(manifest, with_captions=False):
   return spec
 
 
+def relevance_file(split):
+  """The prepared file of a split's graded truth: (M, 3) int64 (image, caption, grade)."""
+  return f"{split}_relevance.npy"
+
+
+def read_relevance(directory, manifest, split):
+  """(N_img, N_cap) float32 graded relevance of a prepared split that carries it."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  info = manifest["splits"][split]
+  with tf.io.gfile.GFile(os.path.join(directory, info["relevance"]), "rb") as f:
+    triples = np.load(f)
+  out = np.zeros((info["num_images"], info["num_captions"]), np.float32)
+  out[triples[:, 0], triples[:, 1]] = triples[:, 2]
+  return out
+
+
 def read_manifest(directory, config=None):
   """The manifest of a prepared directory; checked against `config` when given.
 

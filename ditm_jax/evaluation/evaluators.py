@@ -11,10 +11,12 @@ name in `EVALUATORS`; results are recorded as `"<name>/<metric>"`. Fields of eve
 Types and their own fields:
 - `recall`: R@1/5/10, medr, meanr, rsum (DESIGN §7, §10), ranked on device in chunks.
   `fold5=True` is COCO 1K (mean over five folds of 1000 images); False is COCO 5K or
-  Flickr30K 1K.
-- `demo`: the demo's standard recalls plus graded metrics from its ground truth:
-  `i2t_ndcg10`, `t2i_ndcg10`, `order_tau`. These need the full similarity matrix, which
-  is fine for the demo's 1K test only.
+  Flickr30K 1K. Where the split carries graded truth (a prepared split whose raw data had
+  `{split}_relevance.npy`), and not with fold5, it adds the `demo` metrics.
+- `demo`: standard recalls plus graded metrics from the ground truth (the demo's, or a
+  prepared split's): `i2t_ndcg10`, `t2i_ndcg10`, `order_tau` (similarity vs descriptiveness
+  over each image's true captions), `grade_tau` (similarity vs grade over its own captions).
+  These need the full similarity matrix: test-sized splits only.
 - `cxc`: Crisscrossed Captions recalls and correlations (`evaluation/cxc.py`) on the COCO
   5K test split, whose rows must follow `coco/testall_ids.txt`. `data_dir` holds
   `cxc/{sits,sts,sis}_test.csv`, `cxc/coco_test_ids.npy` and `coco/testall_ids.txt`;
@@ -70,19 +72,29 @@ def _data_dir(spec, name):
 
 @register("recall")
 def recall_eval(embedder, spec):
-  split = embedder.split(spec["split"])
+  """Standard recalls; plus the graded metrics where the split carries graded truth."""
+  name = spec["split"]
+  fold5 = bool(spec.get("fold5", False))
+  if name in embedder.data.relevance and not fold5:
+    return demo_eval(embedder, spec)
+  split = embedder.split(name)
   return recall.recall_from_embeddings(
-      embedder.embed_images(spec["split"]), embedder.embed_captions(spec["split"]),
-      captions_per_image=split.captions_per_image, fold5=bool(spec.get("fold5", False)))
+      embedder.embed_images(name), embedder.embed_captions(name),
+      captions_per_image=split.captions_per_image, fold5=fold5)
 
 
 def demo_metrics(img, txt, captions_per_image, relevance, desc, k=10):
-  """Standard recalls plus nDCG@k (both directions) and order tau from graded relevance."""
+  """Standard recalls plus graded metrics: nDCG@k both ways, order tau and grade tau.
+
+  `order_tau` compares similarity with descriptiveness over each image's true captions;
+  `grade_tau` compares it with the ground-truth grade over each image's own captions.
+  """
   out = recall.recall_from_embeddings(img, txt, captions_per_image=captions_per_image)
-  sims = np.asarray(img, np.float32) @ np.asarray(txt, np.float32).T  # demo-sized only
+  sims = np.asarray(img, np.float32) @ np.asarray(txt, np.float32).T  # test-sized splits only
   out[f"i2t_ndcg{k}"] = graded.ndcg_at_k(sims, relevance, k=k)
   out[f"t2i_ndcg{k}"] = graded.ndcg_at_k(sims.T, relevance.T, k=k)
   out["order_tau"] = graded.order_tau(sims, relevance > 0, desc)
+  out["grade_tau"] = graded.own_grade_tau(sims, relevance, captions_per_image)
   return out
 
 
@@ -92,7 +104,8 @@ def demo_eval(embedder, spec):
   split = embedder.split(name)
   if name not in embedder.data.relevance:
     raise ValueError(f"split {name!r} has no graded ground truth; the 'demo' evaluator runs "
-                     "on the demo data only (use type='recall' elsewhere)")
+                     "on the demo data and on prepared splits with {split}_relevance.npy only "
+                     "(use type='recall' elsewhere)")
   relevance = embedder.memo(("relevance", name), embedder.data.relevance[name])
   return demo_metrics(embedder.embed_images(name), embedder.embed_captions(name),
                       split.captions_per_image, relevance, split.desc)

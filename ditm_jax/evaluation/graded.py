@@ -161,3 +161,24 @@ def order_tau(sims, positives, descriptiveness):
   tau = kendall_tau(x, d[safe], valid)
   tau = tau[~np.isnan(tau)]
   return float(tau.mean()) if tau.size else float('nan')
+
+
+def own_grade_tau(sims, relevance, captions_per_image):
+  """Mean over images of Kendall tau-b(similarity, grade) over the image's own captions.
+
+  Image i owns captions i*C .. i*C + C-1 (the standard protocol). Does the image score its
+  more relevant (more specific) captions higher, by the ground truth rather than by the
+  descriptiveness proxy? Own captions without a grade (0) and images whose graded captions
+  all tie are skipped.
+  """
+  sims, relevance = np.asarray(sims), np.asarray(relevance)
+  n, c = sims.shape[0], captions_per_image
+  if sims.shape != relevance.shape or sims.shape[1] != n * c:
+    raise ValueError(f'sims {sims.shape} and relevance {relevance.shape} must both be '
+                     f'(n_img, n_img * {c}).')
+  own = np.arange(n)[:, None] * c + np.arange(c)[None, :]
+  x = np.take_along_axis(sims, own, axis=1)
+  y = np.take_along_axis(relevance, own, axis=1)
+  tau = kendall_tau(x, y, y > 0)
+  tau = tau[~np.isnan(tau)]
+  return float(tau.mean()) if tau.size else float('nan')

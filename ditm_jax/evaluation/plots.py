@@ -16,7 +16,7 @@ import tensorflow as tf
 from ditm_jax.data import demo
 
 _LOSS_TERMS = ("train/loss", "train/match", "train/order")
-_GRADED = ("i2t_ndcg10", "t2i_ndcg10", "order_tau")
+_GRADED = ("i2t_ndcg10", "t2i_ndcg10", "order_tau", "grade_tau")
 # Demo scene layout: centre of each position, radius of each size, fill of each colour.
 _XY = {"left": (0.2, 0.5), "right": (0.8, 0.5), "top": (0.5, 0.8), "bottom": (0.5, 0.2),
        "centre": (0.5, 0.5)}

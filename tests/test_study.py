@@ -1,0 +1,93 @@
+"""The study command (ditm_jax.study): aggregation by hand, and the real command end to end."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ditm_jax import study
+from tests import e2e_util as e2e
+
+
+def fake_run(workdir, rsum, ndcg, gap):
+  """A run's metrics.jsonl: two train lines, a dev and a test evaluation, a torn last line."""
+  os.makedirs(workdir)
+  rows = [{"step": 10, "train/loss": 5.0, "train/collapsed": 0.0},
+          {"step": 20, "train/loss": 4.0, "train/collapsed": float(gap < 0.01)},
+          {"step": 20, "dev/rsum": 1.0, "dev/i2t_r1": 1.0,
+           "test/rsum": rsum, "test/i2t_r1": rsum / 6, "test/i2t_ndcg10": ndcg}]
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 30, "tra')
+
+
+def test_aggregate_table_and_figure(tmp_path):
+  values = {("a", 0): (300.0, 0.5, 0.2), ("a", 1): (310.0, 0.7, 0.2),
+            ("a", 2): (320.0, 0.6, 0.2), ("b", 0): (100.0, 0.1, 0.0),
+            ("b", 1): (110.0, 0.2, 0.3), ("b", 2): (90.0, 0.3, 0.0)}
+  for (v, s), x in values.items():
+    fake_run(study.run_dir(str(tmp_path), v, s), *x)
+  args = study.parse(["--config=configs/demo.py", "--variants=a,b", "--seeds=3",
+                      f"--workdir={tmp_path}"])
+  results, eval_name = study.aggregate(args)
+  assert eval_name == "test"  # the one with graded metrics, not dev
+  a, b = results["a"], results["b"]
+  assert a["mean"]["rsum"] == pytest.approx(310.0) and a["std"]["rsum"] == pytest.approx(10.0)
+  assert b["mean"]["i2t_ndcg10"] == pytest.approx(0.2)
+  assert b["std"]["i2t_ndcg10"] == pytest.approx(np.std([0.1, 0.2, 0.3], ddof=1))
+  assert (a["collapsed"], b["collapsed"]) == (0, 2)
+  text = study.table(results, 3)
+  assert "| `a` | 51.7 ± 1.7 | 310.0 ± 10.0 | 0.600 ± 0.100 | 0/3 |" in text
+  assert "| `b` |" in text and "| 2/3 |" in text
+  fig = study.figure(results, "title")
+  path = tmp_path / "study.png"
+  fig.savefig(path)
+  assert path.read_bytes()[:4] == b"\x89PNG"
+  args.eval = "dev"
+  results, _ = study.aggregate(args)
+  assert results["a"]["mean"] == {"i2t_r1": 1.0, "rsum": 1.0}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config=configs/demo.py:variant=ditm", "--variants=ditm"], "names a variant"),
+    (["--config=configs/demo.py", "--variants=ditm", "--config.seed=3"], "--config.seed"),
+    (["--config=configs/demo.py", "--variants=ditm", "--steps=3"], "unrecognized"),
+])
+def test_bad_arguments(argv, message, capsys):
+  with pytest.raises(SystemExit) as e:
+    study.parse(argv + ["--workdir=x"])
+  assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_study_end_to_end_and_reuse(tmp_path):
+  """Two seeds of the tiny demo through the real command; a rerun reuses both runs."""
+  root = tmp_path / "study"
+  cmd = [sys.executable, "-m", "ditm_jax.study", "--config=configs/demo.py:tiny",
+         "--variants=baseline_infonce", "--seeds=2", f"--workdir={root}",
+         "--config.total_steps=10", "--config.checkpoint_every_steps=10"]
+  first = subprocess.run(cmd, cwd=e2e.ROOT, env=e2e.env(), capture_output=True, text=True,
+                         timeout=600)
+  assert first.returncode == 0, first.stderr[-2000:]
+  table = first.stdout[first.stdout.index("| variant"):].split("\n\nWrote")[0]
+  assert "| `baseline_infonce` |" in table and "| 0/2 |" in table
+  for seed in (0, 1):
+    with open(root / "baseline_infonce" / f"seed{seed}" / "config.json") as f:
+      config = json.load(f)
+    assert (config["seed"], config["total_steps"], config["variant"]) == (seed, 10,
+                                                                          "baseline_infonce")
+  saved = json.loads((root / "study.json").read_text())
+  runs = saved["variants"]["baseline_infonce"]["runs"]
+  rsums = [runs[s]["rsum"] for s in ("0", "1")]
+  assert saved["variants"]["baseline_infonce"]["mean"]["rsum"] == pytest.approx(np.mean(rsums))
+  assert rsums[0] != rsums[1]  # seeds differ
+  assert (root / "study.png").read_bytes()[:4] == b"\x89PNG"
+  assert "Command: `python -m ditm_jax.study" in (root / "study.md").read_text()
+  again = subprocess.run(cmd, cwd=e2e.ROOT, env=e2e.env(), capture_output=True, text=True,
+                         timeout=120)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert again.stdout.count("finished before, reused") == 2
+  assert table in again.stdout
+  other = subprocess.run(cmd[:-1] + ["--config.checkpoint_every_steps=5"], cwd=e2e.ROOT,
+                         env=e2e.env(), capture_output=True, text=True, timeout=120)
+  assert other.returncode == 1 and "holds a finished run of another command" in other.stderr
