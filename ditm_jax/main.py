@@ -99,9 +99,10 @@ def main(argv):
   tf.config.set_visible_devices([], "GPU")  # TensorFlow only feeds data
   from ditm_jax import train  # pylint: disable=g-import-not-at-top
   from ditm_jax import preemption  # pylint: disable=g-import-not-at-top
+  from ditm_jax import workdir  # pylint: disable=g-import-not-at-top
   try:
     train.run(FLAGS.config, FLAGS.workdir, FLAGS.mode, step=FLAGS.step)
-  except (train.UserError, ValueError, FileNotFoundError) as e:
+  except (train.UserError, workdir.WorkdirError, ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   except preemption.Preempted as e:  # resumable: status 143, see ditm_jax/preemption.py

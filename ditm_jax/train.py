@@ -15,6 +15,7 @@ from ditm_jax import evaluate as evaluate_lib
 from ditm_jax import preemption
 from ditm_jax import sharding
 from ditm_jax import step as step_lib
+from ditm_jax import workdir as workdir_lib
 from ditm_jax.data import datasets
 from ditm_jax.models import capacity
 from ditm_jax.models import model as model_lib
@@ -253,11 +254,19 @@ def run(config, workdir, mode, step=None):
   """Runs `mode`; `step` picks the checkpoint of eval/export (default: the latest)."""
   if step is not None and mode == "train":
     raise UserError("--step applies to --mode=eval and --mode=export only")
-  trainer = Trainer(config, workdir)
-  if mode == "train":
-    return trainer.train()
-  if mode == "eval":
-    return trainer.evaluate(step)
-  if mode == "export":
+  if mode not in ("train", "eval", "export"):
+    raise UserError(f"--mode={mode!r} is not known; use train, eval or export")
+  workdir = workdir if "://" in workdir else os.path.abspath(workdir)
+  _check_workdir(workdir)
+  is_main = jax.process_index() == 0
+  # One run per workdir, and only the run it holds (ditm_jax/workdir.py).
+  with workdir_lib.locked(workdir, is_main, sharding.agree):
+    notes = workdir_lib.check_identity(config, workdir)
+    for line in notes if is_main else ():
+      print(f"note: {line}", flush=True)
+    trainer = Trainer(config, workdir)
+    if mode == "train":
+      return trainer.train()
+    if mode == "eval":
+      return trainer.evaluate(step)
     return trainer.export(step)
-  raise UserError(f"--mode={mode!r} is not known; use train, eval or export")
