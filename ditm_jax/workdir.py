@@ -11,6 +11,9 @@
   `RESUMABLE` (how long, how often to evaluate, log and save, where data and backbones are
   read from, the device layout) may change on resume and are listed in a note. `DERIVED`
   fields are set from the data by the trainer (`models/capacity.py`) and not compared.
+- Damaged checkpoints: `newest_intact` walks back from the newest checkpoint to the newest
+  one that restores; the damaged newer ones are moved to `DIR/set_aside/` (never deleted)
+  by `set_aside`, so that the resumed run can save those steps again.
 
 No JAX here: the caller passes whether it is process 0 and how processes agree.
 """
@@ -27,6 +30,7 @@ import tensorflow as tf
 
 LOCK = "run.lock"
 IDENTITY = "config.json"  # written by Trainer.train
+SET_ASIDE = "set_aside"
 # Config fields (and every field below them) that may change when a run is resumed.
 RESUMABLE = (
     "total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
@@ -40,7 +44,7 @@ DERIVED = ("model.text_token_capacity", "model.region_capacity")
 
 
 class WorkdirError(Exception):
-  """The workdir is in use, or holds another run."""
+  """The workdir is in use, or holds another run, or no intact checkpoint."""
 
 
 # ---------------------------------------------------------------- lock
@@ -273,3 +277,63 @@ def check_identity(config, workdir):
   return ["changed since the run in this workdir, allowed on resume: "
           + "; ".join(f"{k}={b} (was {a})" for k, a, b in changed)]
 
+
+# ---------------------------------------------------------------- damaged checkpoints
+
+
+def newest_intact(steps, load):
+  """(step, load(step), damaged) for the newest of `steps` that loads.
+
+  `damaged` lists (step, why) of the newer steps whose load raised. (None, None, damaged)
+  when none loads (`damaged` is empty when there are no steps).
+  """
+  damaged = []
+  for step in sorted(steps, reverse=True):
+    try:
+      return step, load(step), damaged
+    except Exception as e:  # pylint: disable=broad-except  # any failure: damaged
+      lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+      damaged.append((step, f"damaged ({type(e).__name__}"
+                            + (f": {lines[0][:200]})" if lines else ")")))
+  return None, None, damaged
+
+
+def move_aside(root, step):
+  """Moves checkpoint `step` of `root` (DIR/<name>) to DIR/set_aside/<name>/<step>."""
+  root = root.rstrip("/")
+  parent, name = os.path.split(root)
+  target_dir = os.path.join(parent, SET_ASIDE, name)
+  tf.io.gfile.makedirs(target_dir)
+  target = os.path.join(target_dir, str(step))
+  n = 1
+  while tf.io.gfile.exists(target):
+    target, n = os.path.join(target_dir, f"{step}.{n}"), n + 1
+  tf.io.gfile.rename(os.path.join(root, str(step)), target)
+  return target
+
+
+def set_aside(root, problems, found, move, is_main=True, barrier=lambda ok: ok,
+              required=True):
+  """Warns about each checkpoint of `root` in `problems`, (step, why) pairs.
+
+  `found` is the step used instead (None: none). With `move` (training), process 0 moves
+  each to DIR/set_aside/ (so that the run can save that step again) and `barrier` waits for
+  it on every process; the caller then reloads its checkpoint manager.
+
+  Raises:
+    WorkdirError: `required` and `found` is None (nothing is moved then).
+  """
+  if found is None and required:
+    listed = "; ".join(f"step {s} is {why}" for s, why in problems)
+    raise WorkdirError(f"no intact checkpoint in {root}: {listed}. Nothing was changed; move "
+                       f"those steps out of {root} to start this run again, or pass another "
+                       f"--workdir")
+  for step, why in problems:
+    line = f"warning: checkpoint {root}/{step} is {why}"
+    if move and is_main:
+      line += f"; moved to {move_aside(root, step)}"
+    if is_main:
+      print(line + ("" if found is None else f"; using step {found}"), file=sys.stderr,
+            flush=True)
+  if move:
+    barrier(True)

@@ -1,5 +1,6 @@
-"""ditm_jax.workdir: the lock and the run's identity. In process, no training (the same
-behaviour through `python -m ditm_jax.main`: test_misuse.py)."""
+"""ditm_jax.workdir: the lock, the run's identity and the walk back over damaged checkpoints;
+and a metrics.jsonl torn by a kill (evaluate.MetricsWriter). In process, no training (the
+same behaviour through `python -m ditm_jax.main`: test_misuse.py)."""
 import json
 import os
 import socket
@@ -9,6 +10,7 @@ import ml_collections
 import pytest
 
 from configs import demo
+from ditm_jax import evaluate
 from ditm_jax import workdir as wd
 
 # ---------------------------------------------------------------- lock
@@ -134,3 +136,64 @@ def test_identity_needs_a_run_in_the_workdir(tmp_path):
 def test_flat_fields_of_a_config():
   config = ml_collections.ConfigDict(dict(a=1, b=dict(c=(1, 2), d=dict(e=None)), f={}))
   assert wd.flat(config) == {"a": 1, "b.c": [1, 2], "b.d.e": None, "f": {}}
+
+# ---------------------------------------------------------------- damaged checkpoints
+
+
+def test_walks_back_to_the_newest_checkpoint_that_loads():
+  def load(step):
+    if step > 20:
+      raise UnicodeDecodeError("utf-8", b"\xc4", 0, 1, "invalid start byte")
+    return f"state {step}"
+  step, state, damaged = wd.newest_intact([20, 40, 10, 30], load)
+  assert (step, state) == (20, "state 20")
+  assert damaged == [
+      (40, "damaged (UnicodeDecodeError: 'utf-8' codec can't decode byte 0xc4 in position 0: "
+           "invalid start byte)"),
+      (30, damaged[0][1])]
+  assert wd.newest_intact([], load) == (None, None, [])
+  assert wd.newest_intact([30], load)[:2] == (None, None)
+
+
+def test_set_aside_moves_never_deletes_and_needs_an_intact_one(tmp_path, capsys):
+  root = tmp_path / "checkpoints"
+  for step in (20, 40):
+    (root / str(step)).mkdir(parents=True)
+    (root / str(step) / "file").write_text(str(step))
+  problems = [(40, "damaged (OSError: x)")]
+  with pytest.raises(wd.WorkdirError, match=rf"no intact checkpoint in {root}: step 40 is "
+                                            r"damaged \(OSError: x\). Nothing was changed"):
+    wd.set_aside(str(root), problems, None, move=True)
+  assert sorted(os.listdir(root)) == ["20", "40"]
+  wd.set_aside(str(root), problems, 20, move=False)  # eval, export: reported only
+  assert capsys.readouterr().err == (f"warning: checkpoint {root}/40 is damaged (OSError: x); "
+                                     "using step 20\n")
+  barrier = []
+  wd.set_aside(str(root), problems, 20, move=True, barrier=barrier.append)
+  moved = tmp_path / "set_aside" / "checkpoints" / "40"
+  assert capsys.readouterr().err == (f"warning: checkpoint {root}/40 is damaged (OSError: x); "
+                                     f"moved to {moved}; using step 20\n")
+  assert os.listdir(root) == ["20"] and (moved / "file").read_text() == "40"
+  assert barrier == [True]
+  (root / "40").mkdir()  # damaged again: kept beside the first
+  wd.set_aside(str(root), problems, 20, move=True, is_main=True)
+  assert sorted(os.listdir(moved.parent)) == ["40", "40.1"]
+
+# ---------------------------------------------------------------- metrics.jsonl
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_the_file_continued(tmp_path):
+  writer = evaluate.MetricsWriter(str(tmp_path))
+  for step in (10, 20, 30):
+    writer.write(step, {"train/loss": 1.0})
+  path = tmp_path / "metrics.jsonl"
+  with open(path, "a") as f:
+    f.write('{"step": 40, "train/lo')  # killed while writing
+  writer.truncate_after(20)
+  writer.write(30, {"train/loss": 2.0})
+  assert [json.loads(l) for l in path.read_text().splitlines()] == [
+      {"step": 10, "train/loss": 1.0}, {"step": 20, "train/loss": 1.0},
+      {"step": 30, "train/loss": 2.0}]
+  path.write_text('{"step": 10}\nnot json\n{"step": 20}\n')
+  with pytest.raises(ValueError, match=f"{path}: line 2 is not JSON; fix or remove that line"):
+    writer.truncate_after(20)
