@@ -24,14 +24,27 @@ class MetricsWriter:
   def __init__(self, workdir, enabled=True):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.enabled = enabled
-    self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tb")) if enabled else None
+    self._tb_dir, self._tb = os.path.join(workdir, "tb"), None  # opened at the first write
 
   def truncate_after(self, step):
-    """Drops lines past `step`, so a resumed run's file equals an uninterrupted run's."""
+    """Drops lines past `step`, so a resumed run's file equals an uninterrupted run's.
+
+    A torn last line (a run killed while writing it) is dropped too.
+    """
     if not self.enabled or not tf.io.gfile.exists(self.path):
       return
     with tf.io.gfile.GFile(self.path) as f:
-      lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
+      lines = [l if l.endswith("\n") else l + "\n" for l in f if l.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+      try:
+        rows.append(json.loads(line))
+      except ValueError:
+        if i < len(lines) - 1:
+          raise ValueError(f"{self.path}: line {i + 1} is not JSON; fix or remove that "
+                           "line") from None
+        lines = lines[:-1]  # torn: the run was killed while writing it
+    lines = [l for l, row in zip(lines, rows) if row["step"] <= step]
     with tf.io.gfile.GFile(self.path + ".tmp", "w") as f:
       f.write("".join(lines))  # GFile has no writelines
     tf.io.gfile.rename(self.path + ".tmp", self.path, overwrite=True)
@@ -54,6 +67,8 @@ class MetricsWriter:
       return
     with tf.io.gfile.GFile(self.path, "a") as f:
       f.write(json.dumps({"step": int(step), **values}) + "\n")
+    if self._tb is None:
+      self._tb = tf.summary.create_file_writer(self._tb_dir)
     with self._tb.as_default(step=int(step)):
       for k, v in values.items():
         tf.summary.scalar(k, v)

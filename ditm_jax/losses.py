@@ -164,7 +164,7 @@ def row_ordering(X, pos, d, own_start, m, gamma, min_gap):
     gap = d_b[..., None, :] - d_a[..., :, None]
     eligible = pos_a[:, :, None] & pos_b[:, None, :] & (gap > min_gap)
     hinge = jax.nn.relu(gamma * gap - (x_b[:, None, :] - x_a[:, :, None]))
-    return jnp.sum(jnp.where(eligible, hinge, 0.0)), jnp.sum(eligible)
+    return jnp.sum(jnp.where(eligible, hinge, 0.0)), jnp.sum(eligible, dtype=jnp.int32)
 
   def own():
     idx, x = _own_columns(X, own_start, m)
@@ -273,9 +273,12 @@ def ordering_loss(S: jax.Array, P: jax.Array, d: jax.Array, gamma,
 
 @jax.jit
 def ramp(step, warmup_steps) -> jax.Array:
-  """Linear warm-up factor min(1, step / warmup_steps); 1 when warmup is 0."""
-  step = jnp.asarray(step, jnp.float32)
-  warmup = jnp.asarray(warmup_steps, jnp.float32)
+  """Linear warm-up factor min(1, step / warmup_steps); 1 when warmup is 0.
+
+  In the default float type: float32, or float64 under `jax_enable_x64`.
+  """
+  step = jnp.asarray(step, float)
+  warmup = jnp.asarray(warmup_steps, float)
   return jnp.where(warmup > 0,
                    jnp.clip(step / jnp.maximum(warmup, 1.0), 0.0, 1.0), 1.0)
 

@@ -62,6 +62,21 @@ def _maybe_initialize_distributed():
     jax.distributed.initialize()
 
 
+def _validate(config):
+  """The config's constraints (ditm_jax/validate.py), before any work: exit 2 on a violation."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from ditm_jax import validate  # pylint: disable=g-import-not-at-top
+  try:
+    notes = validate.check(config, jax.device_count())
+  except validate.ConfigError as e:
+    for line in e.lines:
+      print(f"error: {line}", file=sys.stderr)
+    sys.exit(2)
+  if jax.process_index() == 0:
+    for line in notes:
+      print(f"note: {line}", flush=True)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -79,13 +94,15 @@ def main(argv):
   from ditm_jax import host_memory  # pylint: disable=g-import-not-at-top
   host_memory.keep_freed_memory()  # before anything starts JAX's backend
   _maybe_initialize_distributed()
+  _validate(FLAGS.config)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")  # TensorFlow only feeds data
   from ditm_jax import train  # pylint: disable=g-import-not-at-top
   from ditm_jax import preemption  # pylint: disable=g-import-not-at-top
+  from ditm_jax import workdir  # pylint: disable=g-import-not-at-top
   try:
     train.run(FLAGS.config, FLAGS.workdir, FLAGS.mode, step=FLAGS.step)
-  except (train.UserError, ValueError, FileNotFoundError) as e:
+  except (train.UserError, workdir.WorkdirError, ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   except preemption.Preempted as e:  # resumable: status 143, see ditm_jax/preemption.py

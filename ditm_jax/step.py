@@ -83,14 +83,18 @@ def param_labels(config, params):
 def lr_schedule(config):
   """Learning rate by step: linear warm-up, then `optim.schedule`.
 
-  'cosine': cosine decay to 0 at total_steps. 'step': constant, times `optim.decay_factor`
-  from each step in `optim.decay_steps` on (VSE-infinity: x0.1 from epoch 15).
+  'cosine': cosine decay to 0 at total_steps; a warm-up that leaves no step to decay is
+  clamped to total_steps - 1 (`validate` notes it). 'step': constant, times
+  `optim.decay_factor` from each step in `optim.decay_steps` on (VSE-infinity: x0.1 from
+  epoch 15).
   """
   o = config.optim
   kind = o.get("schedule", "cosine")
   if kind == "cosine":
+    decay_steps = max(config.total_steps, 2)
     return optax.warmup_cosine_decay_schedule(
-        0.0, o.lr, warmup_steps=max(o.warmup_steps, 1), decay_steps=max(config.total_steps, 2))
+        0.0, o.lr, warmup_steps=min(max(o.warmup_steps, 1), decay_steps - 1),
+        decay_steps=decay_steps)
   if kind == "step":
     constant = optax.piecewise_constant_schedule(
         o.lr, {max(int(s) - o.warmup_steps, 0): o.decay_factor for s in o.decay_steps})

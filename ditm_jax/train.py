@@ -16,6 +16,7 @@ from ditm_jax import evaluate as evaluate_lib
 from ditm_jax import preemption
 from ditm_jax import sharding
 from ditm_jax import step as step_lib
+from ditm_jax import workdir as workdir_lib
 from ditm_jax.data import datasets
 from ditm_jax.models import capacity
 from ditm_jax.models import model as model_lib
@@ -59,7 +60,7 @@ class Trainer:
     manager = lambda name, keep: ocp.CheckpointManager(
         tf.io.gfile.join(self.workdir, name),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True,
+            max_to_keep=keep, create=True, cleanup_tmp_directories=True,  # crashed saves
             multiprocessing_options=ocp.options.MultiprocessingOptions(
                 barrier_sync_key_prefix=name)))
     self.checkpoints = manager("checkpoints", config.keep_checkpoints)
@@ -85,18 +86,26 @@ class Trainer:
       return state
     return state.replace(params=model_lib.merge_pretrained(state.params, pretrained))
 
-  def restore(self, step=None, manager=None):
-    """The state at `step` (default: latest) or None when there is no checkpoint."""
+  def restore(self, step=None, manager=None, set_aside=False):
+    """The state at `step` (default: the newest intact checkpoint), None without checkpoints.
+
+    Damaged newer checkpoints are reported; `set_aside` (training) moves them to
+    DIR/set_aside/.
+    """
     manager = manager or self.checkpoints
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      return None
     abstract = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
         jax.eval_shape(self._init, jax.random.key(self.config.seed)), self.state_sharding)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    return restored.state
+    load = lambda step: manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())).state
+    if step is not None:
+      return load(step)
+    step, state, damaged = workdir_lib.newest_intact(manager.all_steps(), load)
+    if damaged:
+      workdir_lib.set_aside(str(manager.directory), damaged, step, set_aside, self.is_main,
+                            sharding.agree)
+      manager.reload()
+    return state
 
   def save(self, state, manager=None, **meta):
     """Saves state plus metadata (step, data position = step, config, extra `meta`)."""
@@ -109,7 +118,7 @@ class Trainer:
   # ---------------------------------------------------------------- train
   def train(self):
     config = self.config
-    state = self.restore()
+    state = self.restore(set_aside=True)
     start = 0 if state is None else int(state.step)
     if state is None:
       state = self.initial_state()
@@ -131,7 +140,7 @@ class Trainer:
                       out_shardings=(self.state_sharding, None), donate_argnums=(0,))
     batches = self.data.train.batches(config, start, jax.process_index(), jax.process_count())
     evaluator = evaluate_lib.Evaluator(self)
-    best_rsum = _best_metric(self.best)
+    best_rsum = _best_metric(self.best, self.is_main, start)
     pairs = config.batch_size * config.data.captions_per_image
     t0, s0 = time.perf_counter(), start
     metrics = None
@@ -261,23 +270,42 @@ def _first_rsum(results):
   return None
 
 
-def _best_metric(manager):
-  step = manager.latest_step()
-  if step is None:
-    return -math.inf
-  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-  return float(meta.get("rsum", -math.inf))
+def _best_metric(manager, is_main, start):
+  """The RSUM of the best checkpoint up to step `start`; -inf without one.
+
+  Best checkpoints that are damaged, or newer than `start` (the run resumed from an older
+  checkpoint), are set aside: the resumed run makes them again.
+  """
+  load = lambda step: manager.restore(step, args=ocp.args.Composite(
+      meta=ocp.args.JsonRestore())).meta
+  newer = [s for s in manager.all_steps() if s > start]
+  step, meta, damaged = workdir_lib.newest_intact(
+      [s for s in manager.all_steps() if s <= start], load)
+  problems = [(s, f"newer than the resumed step {start}") for s in newer] + damaged
+  if problems:
+    workdir_lib.set_aside(str(manager.directory), problems, step, True, is_main,
+                          sharding.agree, required=False)
+    manager.reload()
+  return -math.inf if meta is None else float(meta.get("rsum", -math.inf))
 
 
 def run(config, workdir, mode, step=None):
   """Runs `mode`; `step` picks the checkpoint of eval/export (default: the latest)."""
   if step is not None and mode == "train":
     raise UserError("--step applies to --mode=eval and --mode=export only")
-  trainer = Trainer(config, workdir)
-  if mode == "train":
-    return trainer.train()
-  if mode == "eval":
-    return trainer.evaluate(step)
-  if mode == "export":
+  if mode not in ("train", "eval", "export"):
+    raise UserError(f"--mode={mode!r} is not known; use train, eval or export")
+  workdir = workdir if "://" in workdir else os.path.abspath(workdir)
+  _check_workdir(workdir)
+  is_main = jax.process_index() == 0
+  # One run per workdir, and only the run it holds (ditm_jax/workdir.py).
+  with workdir_lib.locked(workdir, is_main, sharding.agree):
+    notes = workdir_lib.check_identity(config, workdir)
+    for line in notes if is_main else ():
+      print(f"note: {line}", flush=True)
+    trainer = Trainer(config, workdir)
+    if mode == "train":
+      return trainer.train()
+    if mode == "eval":
+      return trainer.evaluate(step)
     return trainer.export(step)
-  raise UserError(f"--mode={mode!r} is not known; use train, eval or export")
