@@ -1,15 +1,30 @@
-"""The DITM objective (DESIGN §3): pure, jit-able functions of arrays.
+"""The DITM objective: pure, jit-able functions of arrays.
 
-A batch holds B images and K captions per image, flattened image-major, so
-caption n belongs to image n // K. With S = img @ txt.T of shape (B, B*K):
+A batch holds B images and K captions per image, flattened image-major, so caption n belongs
+to image n // K; d[n] in [0, 1] is caption n's descriptiveness. With S = img @ txt.T (B, B*K):
 
   P[i, n]  = image_id[i] == image_id[n // K]                   # positives
-  r[i, n]  = sg(β (1 - d[n]) σ((S[i, n] - mean_pos_i) / τr))    # i2t
-  r'[i, n] = sg(β (1 - d[n]) σ((S[i, n] - S[n // K, n]) / τr))  # t2i
-  L        = L_match + λ s L_ord                               # s = B | 1
+  r[i, n]  = sg(β (1 - d[n]) σ((S[i, n] - mean_pos_i) / τr))    # i2t relaxation, 0 on P
+  r'[i, n] = sg(β (1 - d[n]) σ((S[i, n] - S[n // K, n]) / τr))  # t2i relaxation, 0 on P
+  L        = L_match + λ s L_ord                               # s = B (triplet) | 1 (infonce)
 
-r and r' are 0 on positives. L_match is soft-target InfoNCE or the
-hardest-negative triplet loss; L_ord orders each image's captions by d.
+The six public functions (`similarity`, `positive_mask`, `relaxation`, `infonce_loss`,
+`triplet_loss`, `ordering_loss`) keep DESIGN §3's meaning. The `ditm` presets use InfoNCE with
+two more terms, chosen by a multi-seed study on two worlds (README, "Results"):
+
+  Budget ρ (loss.relax_budget): per row, r_b[i] = r[i] min(1, ρ |P_i| / Σ_n r[i, n]); per
+    column the same for r'. Without it, relaxed negatives can outweigh the positives and pull
+    ever more generic captions up (a feedback loop through S).
+  Graded positives g (loss.target_grading): w[i, n] = |P_i| exp(g d[n]) / Σ_{m: P[i, m]}
+    exp(g d[m]) on i's positives, so the more specific caption gets more target mass.
+  L_match = mean_i CE(softmax(S[i] / τ), norm(w + r_b)[i])
+          + mean_n CE(softmax(S[:, n] / τ), norm(P + r'_b)[:, n])
+  L_ord   = mean over i and pairs a, b of i's positives with d[b] - d[a] > δ of
+            [γ (d[b] - d[a]) - (S[i, b] - S[i, a])]+
+
+With g = 0 and ρ = inf this is DESIGN §3's soft-target InfoNCE. At the optimum of the graded
+targets two positives' similarities differ by τ g (d[b] - d[a]): the ordering margin γ = τ g.
+The triplet form (`loss.matching='triplet'`) is the hardest-negative loss of DESIGN §3.
 """
 # pylint: disable=invalid-name  # S, P, K: the formula's symbols.
 from __future__ import annotations

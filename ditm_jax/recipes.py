@@ -100,7 +100,7 @@ def real_data_config(dataset, arg=None):
   c.model.word_dim = 300  # word embedding width (bigru)
   config_fields.add_model_fields(c)  # bert_path, vit_path, lr multipliers (0.1), image_size
 
-  presets.add_loss_fields(c, warmup_steps=epoch)  # VSE-infinity: epoch 0
+  presets.add_loss_fields(c, relax_warmup_steps=epoch, sum_violation_steps=epoch)  # VSE-inf.
   presets.add_scale_fields(c)  # mesh.data, mesh.fsdp, mesh.fsdp_min_size, loss.sharded
 
   c.optim = ml_collections.ConfigDict()
@@ -122,7 +122,6 @@ def real_data_config(dataset, arg=None):
     c.export_at_end = False
     c.data.train_shards = 4
     c.data.shuffle_window = 256
-    c.loss.sum_violation_steps = 5
     c.optim.lr = 1e-3
     c.optim.decay_steps = (30,)
     test = facts["splits"].split(",")[-1]  # small splits: no 1K folds

@@ -100,8 +100,8 @@ def train_all(args):
       if done["argv"] == argv:
         print(f"[{n}/{len(runs)}] {variant} seed {seed}: finished before, reused", flush=True)
         continue
-      raise StudyError(f"{workdir} holds a finished run of another command ({shlex.join(done['argv'])}); "
-                       "delete it or pass another --workdir")
+      raise StudyError(f"{workdir} holds a finished run of another command "
+                       f"({shlex.join(done['argv'])}); delete it or pass another --workdir")
     os.makedirs(workdir, exist_ok=True)
     print(f"[{n}/{len(runs)}] {variant} seed {seed}: training ({shlex.join(cmd[1:])})",
           flush=True)

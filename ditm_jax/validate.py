@@ -64,7 +64,7 @@ FIELDS = {
     "batch_size": (POSITIVE_INT, "global batch, in images"),
     "dtype": (one_of("float32", "bfloat16"), "compute dtype"),
     "log_every_steps": (POSITIVE_INT, "steps between train log lines"),
-    "eval_every_steps": (POSITIVE_INT, "steps between evaluations"),
+    "eval_every_steps": (NON_NEGATIVE_INT, "steps between evaluations, 0 = only at the end"),
     "checkpoint_every_steps": (POSITIVE_INT, "steps between checkpoints"),
     "keep_checkpoints": (POSITIVE_INT, "newest checkpoints kept"),
     "evals.*.every_steps": (NON_NEGATIVE_INT, "steps between this evaluation, 0 = at the end"),
@@ -72,6 +72,7 @@ FIELDS = {
     "data.max_tokens": (POSITIVE_INT, "caption tokens kept"),
     "data.num_train": (POSITIVE_INT, "demo training images"),
     "data.num_test": (POSITIVE_INT, "demo test images"),
+    "data.num_dev": (NON_NEGATIVE_INT, "demo dev images, 0 = no dev split"),
     "data.feature_dim": (POSITIVE_INT, "region feature width"),
     "data.num_regions": (POSITIVE_INT, "regions per image"),
     "data.noise": (NON_NEGATIVE, "std of the demo's region feature noise"),
@@ -100,6 +101,10 @@ FIELDS = {
     "loss.order_weight": (NON_NEGATIVE, "lambda, weight of the ordering loss"),
     "loss.order_gamma": (NON_NEGATIVE, "gamma, ordering margin per unit of gap"),
     "loss.order_min_gap": (PROBABILITY, "delta, smallest descriptiveness gap ordered"),
+    "loss.relax_budget": (Rule(">= 0 (inf: no cap)", lambda v: NON_NEGATIVE.ok(v) or v == math.inf),
+                          "rho, relaxed target mass per unit of positive mass"),
+    "loss.target_grading": (NON_NEGATIVE, "g, grading of positive targets by descriptiveness"),
+    "loss.collapse_gap": (NON_NEGATIVE, "pos_sim - neg_sim below which a run has collapsed"),
     "mesh.fsdp_min_size": (NON_NEGATIVE_INT, "elements below which arrays stay replicated"),
     "optim.lr": (POSITIVE, "peak learning rate"),
     "optim.schedule": (one_of("cosine", "step"), "learning rate schedule"),
@@ -162,7 +167,7 @@ def _warmup_notes(config):
     notes.append(f"config.optim.warmup_steps={warmup} does not fit in total_steps={total}: "
                  f"{what} (pass --config.optim.warmup_steps=N with N < {total} to choose)")
   relax = config.loss.relax_warmup_steps
-  if NON_NEGATIVE_INT.ok(relax) and relax > total:
+  if NON_NEGATIVE_INT.ok(relax) and relax > total and config.loss.relax_beta:
     notes.append(f"config.loss.relax_warmup_steps={relax} is longer than total_steps={total}: "
                  f"beta rises to {total / relax:.0%} of loss.relax_beta by the end")
   summed = config.loss.sum_violation_steps

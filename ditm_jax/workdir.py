@@ -35,6 +35,7 @@ SET_ASIDE = "set_aside"
 RESUMABLE = (
     "total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
     "keep_checkpoints", "evals", "export_at_end",  # length and cadence
+    "loss.collapse_gap", "data.num_dev",  # monitoring and evaluation only
     "data.dir", "data.raw_dir", "data.image_dir", "data.prefetch",  # where and how data is read
     "model.bert_path", "model.vit_path",  # where pretrained backbones are read (init only)
     "model.packing_overflow",  # packing buffers: speed only

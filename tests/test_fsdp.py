@@ -30,7 +30,6 @@ def _worker(out_path, workdir):
     config = bench.load_config("demo", "tiny")
     config.mesh.fsdp = fsdp
     config.mesh.fsdp_min_size = 1024
-    config.loss.sum_violation_steps = 1  # both triplet branches run in three steps
     trainer = train.Trainer(config, f"{workdir}/{fsdp}")
     state = trainer.initial_state()
     step_fn = jax.jit(functools.partial(step_lib.train_step, model=trainer.model,

@@ -53,6 +53,32 @@ def ref_infonce(S, P, r, r_prime, tau):
   return i2t / b, t2i / bk
 
 
+def ref_targets(pos, r, weights, budget):
+  """Targets of one row: positives weighted (summing to their count), r capped, normalised."""
+  count = sum(pos)
+  total_w = sum(w for w, p in zip(weights, pos) if p)
+  y_pos = [count * w / total_w if p else 0.0 for w, p in zip(weights, pos)]
+  mass = sum(r)
+  scale = min(1.0, budget * count / mass) if mass > 0 else 1.0
+  y = [a + scale * b for a, b in zip(y_pos, r)]
+  return [v / sum(y) for v in y]
+
+
+def ref_infonce_graded(S, P, r, r_prime, tau, d, grading, budget):
+  """InfoNCE with image->text targets ∝ exp(g d) on positives and the relaxation budget ρ."""
+  b, bk = S.shape
+  i2t = t2i = 0.0
+  for i in range(b):
+    y = ref_targets(P[i], r[i], [math.exp(grading * d[n]) for n in range(bk)], budget)
+    lse = math.log(sum(math.exp(S[i, n] / tau) for n in range(bk)))
+    i2t -= sum(y[n] * (S[i, n] / tau - lse) for n in range(bk))
+  for n in range(bk):
+    y = ref_targets(P[:, n], r_prime[:, n], [1.0] * b, budget)
+    lse = math.log(sum(math.exp(S[i, n] / tau) for i in range(b)))
+    t2i -= sum(y[i] * (S[i, n] / tau - lse) for i in range(b))
+  return i2t / b, t2i / bk
+
+
 def ref_triplet(S, P, r, r_prime, margin, max_violation):
   b, bk = S.shape
   reduce = (lambda v: max(v) if v else 0.0) if max_violation else sum
@@ -357,3 +383,38 @@ def test_objective_rejects_bad_input():
     losses.objective(img, txt[:-1], ids, d[:-1], **loss_kwargs("triplet"))
   with pytest.raises(ValueError, match="shapes"):
     losses.objective(img, txt, ids, d[:-1], **loss_kwargs("triplet"))
+
+
+@pytest.mark.parametrize("name", ["K1", "K2", "K2_duplicate", "K3_duplicates"])
+@pytest.mark.parametrize("grading, budget", [(0.0, math.inf), (4.0, math.inf), (0.0, 0.05),
+                                             (4.0, 0.05), (2.0, 10.0)])
+def test_graded_targets_and_relaxation_budget(name, grading, budget):
+  img, txt, ids, d, _, S, P = batch_arrays(name)
+  kwargs = loss_kwargs("infonce", beta=1.0, step=100, target_grading=grading,
+                       relax_budget=budget)
+  _, terms = losses.objective(img, txt, ids, d, **kwargs)
+  S64, d64 = S.astype(np.float64), d.astype(np.float64)
+  r, r_prime = ref_relaxation(S64, P, d64, 1.0, 0.1)
+  i2t, t2i = ref_infonce_graded(S64, P, r, r_prime, 0.07, d64, grading, budget)
+  np.testing.assert_allclose(terms["i2t"], i2t, **TOL)
+  np.testing.assert_allclose(terms["t2i"], t2i, **TOL)
+  plain = ref_infonce(S64, P, r, r_prime, 0.07)
+  if (grading, budget) == (0.0, math.inf):  # both off: DESIGN §3's soft-target InfoNCE
+    np.testing.assert_allclose((terms["i2t"], terms["t2i"]), plain, **TOL)
+  elif budget < 1:  # a binding budget changes both directions
+    assert abs(t2i - plain[1]) > 1e-3 and abs(i2t - plain[0]) > 1e-3
+
+
+def test_graded_targets_order_an_images_captions():
+  """The optimum of the graded targets puts τ g (d_b - d_a) between two captions' logits."""
+  d = jnp.array([0.2, 0.7])
+  P = losses.positive_mask(jnp.array([0]), 2)
+  tau, g = 0.05, 4.0
+
+  def loss(s):
+    S = jnp.stack([s, jnp.zeros(())])[None, :]  # S[0] = (s, 0): caption 0 vs caption 1
+    i2t, _ = losses._infonce_terms(S, P, jnp.zeros_like(S), jnp.zeros_like(S), tau, d, g)
+    return i2t
+  s = jnp.linspace(-0.3, 0.3, 6001)
+  best = float(s[jnp.argmin(jax.vmap(loss)(s))])
+  assert best == pytest.approx(-tau * g * 0.5, abs=1e-3)  # S[0,0] - S[0,1] = -0.1

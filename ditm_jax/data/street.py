@@ -251,8 +251,8 @@ def truth(groups, settings, desc, rels, cap_setting, chunk=100):
     obj = g.transpose(1, 2, 0)[None, :, :, :, None]  # (1, Go, 6, n, 1)
     count = obj[:, :, 3]
     num = number.T[:, None, None, :]  # (Gd, 1, 1, C)
-    fits = ((spec[:, :, 0] == obj[:, :, 0]) & ((spec[:, :, 1] < 0) | (spec[:, :, 1] == obj[:, :, 1]))
-            & ((spec[:, :, 2] < 0) | (spec[:, :, 2] == obj[:, :, 2]))
+    same = lambda a: (spec[:, :, a] < 0) | (spec[:, :, a] == obj[:, :, a])  # or unspecified
+    fits = ((spec[:, :, 0] == obj[:, :, 0]) & same(1) & same(2)
             & ((num == -1) | ((num == _SINGULAR) & (count == 1))
                | ((num == _ANY_PLURAL) & (count >= 2)) | (num == count)))  # (Gd, Go, n, C)
     fits |= absent.T[:, None, None, :]
