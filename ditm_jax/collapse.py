@@ -4,7 +4,8 @@ A collapsed run maps every image and caption to nearly the same point: the mean 
 positive pairs (`train/pos_sim`) equals that of negatives (`train/neg_sim`), and the matching
 loss sits at its trivial value (for the hardest-negative triplet, 2 α B K: every hinge at α).
 Early in training the gap is small too, so a run counts as collapsed only when the gap stayed
-below `config.loss.collapse_gap` at every logged step of a window of a quarter of the run.
+below `config.loss.collapse_gap` at every logged step of a window of a quarter of the run (at
+least 100 steps).
 """
 
 WARNING = ("warning: training collapsed at step {step}: pos_sim - neg_sim stayed below {gap} "
@@ -13,9 +14,13 @@ WARNING = ("warning: training collapsed at step {step}: pos_sim - neg_sim stayed
            "loss.matching='infonce'")
 
 
+MIN_WINDOW = 100  # steps: a shorter run (a smoke run) is too short to tell from a slow start
+
+
 def window(config):
-  """Steps over which the gap must stay small: a quarter of the run, at least two log lines."""
-  return max(config.total_steps // 4, 2 * config.log_every_steps)
+  """Steps over which the gap must stay small: a quarter of the run, at least two log lines
+  and MIN_WINDOW steps."""
+  return max(config.total_steps // 4, 2 * config.log_every_steps, MIN_WINDOW)
 
 
 def since(history, step, gap, span):

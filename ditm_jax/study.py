@@ -8,8 +8,8 @@ Each run is `python -m ditm_jax.main --config=<config>,variant=<v> --config.seed
 the given overrides, trained in `<workdir>/<variant>/seed<s>`, one after another. A run that
 finished with the same command is reused; an interrupted one resumes. The study writes
 `<workdir>/study.md` (the table, the command and the machine), `study.json` (every run's
-metrics and the aggregates) and `study.png` (each metric per variant: every seed as a dot,
-the mean ± std as a bar), so differences smaller than the spread over seeds are visible.
+metrics and the aggregates) and `study.png` (each metric per variant: every seed a dot,
+the mean with ± std whiskers), so differences smaller than the spread over seeds are visible.
 
 Metrics come from each run's final evaluation (`--eval`, default: the one with graded
 metrics, else the first by name that is not a dev split). `collapsed` counts the seeds whose
@@ -177,32 +177,28 @@ def table(results, num_seeds):
 
 
 def figure(results, title):
-  """Each metric per variant: seeds as dots, mean ± std as a bar with an error bar."""
+  """Each metric per variant: every seed a dot, the mean a bar marker with ± std whiskers."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   keys = [c for c, _ in COLUMNS if all(c in r["mean"] for r in results.values())]
-  names, variants = dict(COLUMNS), list(results)
+  variants = list(results)
   cols = 4
   rows = -(-len(keys) // cols)
   fig = Figure(figsize=(3.6 * cols, 2.9 * rows + 0.4), layout="constrained")
   fig.suptitle(title, fontsize=10)
   x = np.arange(len(variants))
+  colors = [f"C{j % 10}" for j in range(len(variants))]
   for i, key in enumerate(keys):
     ax = fig.add_subplot(rows, cols, i + 1)
-    means = [results[v]["mean"][key] for v in variants]
-    stds = [results[v]["std"][key] for v in variants]
-    ax.bar(x, means, yerr=stds, color="tab:blue", alpha=0.35, capsize=4, ecolor="black")
     for j, v in enumerate(variants):
       seeds = [m[key] for m in results[v]["runs"].values()]
-      ax.plot(np.full(len(seeds), j) + np.linspace(-0.15, 0.15, len(seeds)), seeds, "o",
-              color="tab:blue", ms=3.5)
-    ax.set_title(names[key] if key not in ("i2t_r5", "i2t_r10", "t2i_r5", "t2i_r10")
-                 else key.replace("_r", " R@"), fontsize=9)
+      ax.plot(np.full(len(seeds), j + 0.12), seeds, "o", color=colors[j], ms=3, alpha=0.6)
+      ax.errorbar(j - 0.05, results[v]["mean"][key], yerr=results[v]["std"][key], fmt="_",
+                  color=colors[j], ms=14, mew=2, capsize=5, elinewidth=1.5)
+    ax.set_title(key.replace("_r", " R@") if key[-2:] in ("r1", "r5") or key.endswith("r10")
+                 else dict(COLUMNS)[key], fontsize=9)
     ax.set_xticks(x, variants, rotation=35, ha="right", fontsize=7)
+    ax.set_xlim(-0.6, len(variants) - 0.4)
     ax.grid(axis="y", alpha=0.3)
-    lo = min(min(m[key] for m in results[v]["runs"].values()) for v in variants)
-    hi = max(max(m[key] for m in results[v]["runs"].values()) for v in variants)
-    pad = 0.15 * (hi - lo) + 1e-6
-    ax.set_ylim(min(lo - pad, 0) if lo >= 0 and lo - pad < 0 else lo - pad, hi + pad)
   return fig
 
 

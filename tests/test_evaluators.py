@@ -102,6 +102,7 @@ def test_demo_oracle_and_wiring():
   assert got["i2t_ndcg10"] == pytest.approx(1.0)
   assert got["t2i_ndcg10"] == pytest.approx(1.0)
   assert got["order_tau"] == pytest.approx(1.0)  # similarity order = level order
+  assert got["grade_tau"] == pytest.approx(1.0)
   assert emb.memo_calls == [("relevance", "test")]
   rng = np.random.default_rng(1)
   img, txt = _unit(rng.standard_normal((40, 16))), _unit(rng.standard_normal((200, 16)))
@@ -112,8 +113,13 @@ def test_demo_oracle_and_wiring():
   assert got == pytest.approx({**recall.i2t_t2i_numpy(sims),
                                "i2t_ndcg10": graded.ndcg_at_k(sims, rel),
                                "t2i_ndcg10": graded.ndcg_at_k(sims.T, rel.T),
-                               "order_tau": graded.order_tau(sims, rel > 0, levels)})
-  with pytest.raises(ValueError, match="demo data only"):
+                               "order_tau": graded.order_tau(sims, rel > 0, levels),
+                               "grade_tau": graded.own_grade_tau(sims, rel, 5)})
+  # `recall` adds the same graded metrics where the split carries graded truth (not fold5).
+  assert _run(emb, type="recall", split="test") == pytest.approx(got)
+  plain = FakeEmbedder({"test": data_split}, {"test": img}, {"test": txt})
+  assert _run(plain, type="recall", split="test") == pytest.approx(recall.i2t_t2i_numpy(sims))
+  with pytest.raises(ValueError, match="has no graded ground truth"):
     _run(FakeEmbedder({"test": data_split}), type="demo", split="test")
 
 

@@ -27,6 +27,10 @@ def test_train_writes_metrics_table_and_export(trained):
   train_rows = [r for r in rows if "train/loss" in r]
   for key in ("train/match", "train/order", "train/pairs_per_s"):
     assert key in train_rows[-1]
+  for row in train_rows:  # the collapse detector's inputs and verdict (ditm_jax/collapse.py)
+    assert row["train/sim_gap"] == pytest.approx(row["train/pos_sim"] - row["train/neg_sim"])
+    assert row["train/collapsed"] == 0.0
+  assert "collapsed" not in stdout
   evals = [r for r in rows if "demo_test/rsum" in r]
   assert [r["step"] for r in evals] == [20, 40]
   final = evals[-1]
@@ -53,9 +57,28 @@ def test_eval_and_export_modes_reproduce_final_metrics(trained, tmp_path):
   assert results["step"] == 40
   for key in ("demo_test/rsum", "demo_test/t2i_r1", "demo_test/order_tau"):
     assert np.isclose(results[key], final[key], rtol=1e-5), key
+  assert results["train/collapsed"] == 0.0
   os.remove(workdir / "export" / "test_images.npy")
   e2e.run(TINY, workdir, mode="export")
   np.testing.assert_allclose(np.load(workdir / "export" / "test_images.npy"), exported, atol=1e-6)
+
+
+def test_eval_mode_reports_a_collapsed_training_run(trained, tmp_path):
+  """--mode=eval repeats the trainer's verdict from metrics.jsonl's last train line."""
+  import json  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  shutil.copytree(trained[0], workdir)
+  rows = e2e.metrics(workdir)
+  for row in rows:  # as a collapsed run logs them: no gap from step 20 on
+    if "train/loss" in row:
+      row["train/neg_sim"] = row["train/pos_sim"] - (0.5 if row["step"] < 20 else 0.0)
+      row["train/collapsed"] = float(row["step"] == 40)
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  proc = e2e.run(TINY, workdir, mode="eval")
+  warning = [l for l in proc.stdout.splitlines() if l.startswith("warning: training collapsed")]
+  assert len(warning) == 1 and "at step 40" in warning[0] and "since step 20" in warning[0]
+  results = json.loads((workdir / "eval_results.json").read_text())
+  assert results["train/collapsed"] == 1.0
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path, trained):

@@ -97,15 +97,17 @@ def test_batch_and_mesh_fit_the_devices(batch, devices, mesh, expected):
 
 
 def test_warmups_longer_than_the_run_are_notes():
-  config = override(demo.get_config(), total_steps=20)  # warm-ups 100 (lr), 31 (beta, sum)
+  lr_note = ("config.optim.warmup_steps=100 does not fit in total_steps=20: the learning rate "
+             "warms up over 19 steps instead, then decays (pass --config.optim.warmup_steps=N "
+             "with N < 20 to choose)")
+  config = override(demo.get_config(), total_steps=20)  # warm-ups 100 (lr), 31 (beta)
   assert validate.check(config, devices=1) == [
-      "config.optim.warmup_steps=100 does not fit in total_steps=20: the learning rate warms "
-      "up over 19 steps instead, then decays (pass --config.optim.warmup_steps=N with N < 20 "
-      "to choose)",
-      "config.loss.relax_warmup_steps=31 is longer than total_steps=20: beta rises to 65% of "
-      "loss.relax_beta by the end",
-      "config.loss.sum_violation_steps=31 is not shorter than total_steps=20: the triplet "
-      "loss sums over negatives at every step of the run"]
+      lr_note, "config.loss.relax_warmup_steps=31 is longer than total_steps=20: beta rises to "
+      "65% of loss.relax_beta by the end"]
+  triplet = override(demo.get_config("variant=baseline_vse"), total_steps=20)  # no beta
+  assert validate.check(triplet, devices=1) == [
+      lr_note, "config.loss.sum_violation_steps=200 is not shorter than total_steps=20: the "
+      "triplet loss sums over negatives at every step of the run"]
   step_schedule = override(coco.get_config("tiny"), optim__warmup_steps=80)
   assert validate.check(step_schedule, devices=1) == [
       "config.optim.warmup_steps=80 does not fit in total_steps=40: the learning rate reaches "

@@ -96,13 +96,13 @@ def test_other_settings_are_refused_and_list_the_fields(tmp_path):
   workdir = _run_in(tmp_path, demo.get_config("tiny"))
   config = demo.get_config("tiny")
   config.model.embed_dim = 32
-  config.loss.matching = "infonce"
+  config.loss.matching = "triplet"
   config.total_steps = 60  # may change: not listed among the differences
   with pytest.raises(wd.WorkdirError) as e:
     wd.check_identity(config, workdir)
   assert str(e.value) == (
-      f"workdir {workdir} holds a run with other settings: loss.matching=\"triplet\" there, "
-      f"\"infonce\" now; model.embed_dim=64 there, 32 now. To resume it, rerun with its "
+      f"workdir {workdir} holds a run with other settings: loss.matching=\"infonce\" there, "
+      f"\"triplet\" now; model.embed_dim=64 there, 32 now. To resume it, rerun with its "
       f"settings ({workdir}/config.json); to start this run, pass a new --workdir")
 
 
