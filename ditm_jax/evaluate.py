@@ -33,8 +33,17 @@ class MetricsWriter:
     """
     if not self.enabled or not tf.io.gfile.exists(self.path):
       return
+    lines = [json.dumps(row) + "\n" for row in self.rows() if row["step"] <= step]
+    with tf.io.gfile.GFile(self.path + ".tmp", "w") as f:
+      f.write("".join(lines))  # GFile has no writelines
+    tf.io.gfile.rename(self.path + ".tmp", self.path, overwrite=True)
+
+  def rows(self):
+    """The JSON objects of metrics.jsonl in order, without a torn last line ([]: no file)."""
+    if not tf.io.gfile.exists(self.path):
+      return []
     with tf.io.gfile.GFile(self.path) as f:
-      lines = [l if l.endswith("\n") else l + "\n" for l in f if l.strip()]
+      lines = [l for l in f if l.strip()]
     rows = []
     for i, line in enumerate(lines):
       try:
@@ -42,25 +51,8 @@ class MetricsWriter:
       except ValueError:
         if i < len(lines) - 1:
           raise ValueError(f"{self.path}: line {i + 1} is not JSON; fix or remove that "
-                           "line") from None
-        lines = lines[:-1]  # torn: the run was killed while writing it
-    lines = [l for l, row in zip(lines, rows) if row["step"] <= step]
-    with tf.io.gfile.GFile(self.path + ".tmp", "w") as f:
-      f.write("".join(lines))  # GFile has no writelines
-    tf.io.gfile.rename(self.path + ".tmp", self.path, overwrite=True)
-
-  def rows(self):
-    """The JSON objects of metrics.jsonl, in order ([] when there is none)."""
-    if not tf.io.gfile.exists(self.path):
-      return []
-    out = []
-    with tf.io.gfile.GFile(self.path) as f:
-      for line in f:
-        try:
-          out.append(json.loads(line))
-        except json.JSONDecodeError:
-          continue  # a line torn by a killed run
-    return out
+                           "line") from None  # only the last line can be torn by a kill
+    return rows
 
   def write(self, step, values):
     if not self.enabled:
