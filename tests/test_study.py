@@ -60,27 +60,42 @@ def test_bad_arguments(argv, message, capsys):
   assert e.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_study_end_to_end_and_reuse(tmp_path):
-  """Two seeds of the tiny demo through the real command; a rerun reuses both runs."""
+def test_study_end_to_end_on_the_second_world_and_reuse(tmp_path):
+  """Two seeds on a small second world (prepared like COCO) through the real commands: the
+  table has the graded metrics from its truth; a rerun reuses both runs."""
+  from ditm_jax.data import street  # pylint: disable=g-import-not-at-top
+  street.write(str(tmp_path / "raw"), num_train=64, num_dev=8, num_test=16, feature_dim=16)
+  config = "configs/coco.py:text=bigru,tiny"
+  prepare = subprocess.run(
+      [sys.executable, "-m", "ditm_jax.main", f"--config={config}", "--mode=prepare",
+       f"--config.data.raw_dir={tmp_path / 'raw'}", f"--config.data.dir={tmp_path / 'data'}",
+       "--config.data.feature_dim=16"], cwd=e2e.ROOT, env=e2e.env(), capture_output=True,
+      text=True, timeout=300)
+  assert prepare.returncode == 0, prepare.stderr[-2000:]
   root = tmp_path / "study"
-  cmd = [sys.executable, "-m", "ditm_jax.study", "--config=configs/demo.py:tiny",
-         "--variants=baseline_infonce", "--seeds=2", f"--workdir={root}",
-         "--config.total_steps=10", "--config.checkpoint_every_steps=10"]
+  cmd = [sys.executable, "-m", "ditm_jax.study", f"--config={config}",
+         "--variants=ditm", "--seeds=2", f"--workdir={root}",
+         f"--config.data.dir={tmp_path / 'data'}", "--config.data.feature_dim=16",
+         "--config.batch_size=16", "--config.total_steps=10", "--config.log_every_steps=5",
+         "--config.checkpoint_every_steps=10"]
   first = subprocess.run(cmd, cwd=e2e.ROOT, env=e2e.env(), capture_output=True, text=True,
                          timeout=600)
   assert first.returncode == 0, first.stderr[-2000:]
   table = first.stdout[first.stdout.index("| variant"):].split("\n\nWrote")[0]
-  assert "| `baseline_infonce` |" in table and "| 0/2 |" in table
+  assert "Evaluation `testall`" in first.stdout
+  assert "| i2t nDCG@10 | t2i nDCG@10 | order τ | grade τ | collapsed |" in table
+  assert "| `ditm` |" in table and "| 0/2 |" in table
   for seed in (0, 1):
-    with open(root / "baseline_infonce" / f"seed{seed}" / "config.json") as f:
-      config = json.load(f)
-    assert (config["seed"], config["total_steps"], config["variant"]) == (seed, 10,
-                                                                          "baseline_infonce")
+    with open(root / "ditm" / f"seed{seed}" / "config.json") as f:
+      config_json = json.load(f)
+    assert (config_json["seed"], config_json["total_steps"], config_json["variant"]) == (
+        seed, 10, "ditm")
   saved = json.loads((root / "study.json").read_text())
-  runs = saved["variants"]["baseline_infonce"]["runs"]
+  runs = saved["variants"]["ditm"]["runs"]
   rsums = [runs[s]["rsum"] for s in ("0", "1")]
-  assert saved["variants"]["baseline_infonce"]["mean"]["rsum"] == pytest.approx(np.mean(rsums))
+  assert saved["variants"]["ditm"]["mean"]["rsum"] == pytest.approx(np.mean(rsums))
   assert rsums[0] != rsums[1]  # seeds differ
+  assert 0 <= runs["0"]["i2t_ndcg10"] <= 1 and -1 <= runs["0"]["grade_tau"] <= 1
   assert (root / "study.png").read_bytes()[:4] == b"\x89PNG"
   assert "Command: `python -m ditm_jax.study" in (root / "study.md").read_text()
   again = subprocess.run(cmd, cwd=e2e.ROOT, env=e2e.env(), capture_output=True, text=True,
