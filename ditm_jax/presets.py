@@ -56,19 +56,20 @@ def parse_arg(arg, known_flags=()):
   return values, flags
 
 
-def add_loss_fields(config, relax_warmup_steps, sum_violation_steps):
+def add_loss_fields(config, relax_warmup_steps, sum_violation_steps, max_violation=True):
   """The objective's fields (DESIGN §3) with the DITM defaults; `variant=` then picks the terms.
 
   `relax_warmup_steps` is the linear ramp of beta (about one epoch); `sum_violation_steps` the
-  triplet loss's sum-over-negatives phase before the hardest negative (VSE-infinity: one epoch;
-  on the small worlds that collapsed, see the README).
+  triplet loss's sum-over-negatives phase before the hardest negative (VSE-infinity: one epoch),
+  or with `max_violation=False` it sums throughout (the small worlds, where the hardest
+  negative collapsed it; README, "Collapse").
   """
   config.loss = ml_collections.ConfigDict()
   config.loss.matching = "infonce"  # 'infonce' | 'triplet'
   config.loss.temperature = 0.05  # tau of the soft-target InfoNCE
   config.loss.learn_temperature = False  # learn log(tau), clipped to [0.01, 1]
   config.loss.margin = 0.2  # alpha of the triplet loss
-  config.loss.max_violation = True  # hardest negative (True) or sum over negatives
+  config.loss.max_violation = max_violation  # hardest negative (True) or sum over negatives
   config.loss.sum_violation_steps = sum_violation_steps  # sum over negatives this many steps first
   config.loss.relax_beta = 0.5  # beta, strength of false-negative relaxation
   config.loss.relax_temp = 0.05  # tau_r of the relaxation sigmoid

@@ -6,7 +6,8 @@
 
 Each run is `python -m ditm_jax.main --config=<config>,variant=<v> --config.seed=<s>` with
 the given overrides, trained in `<workdir>/<variant>/seed<s>`, one after another. A run that
-finished with the same command is reused; an interrupted one resumes. The study writes
+finished with the same settings (its config.json against what the command gives today) is
+reused; an interrupted one resumes; a finished one with other settings is refused. The study writes
 `<workdir>/study.md` (the table, the command and the machine), `study.json` (every run's
 metrics and the aggregates) and `study.png` (each metric per variant: every seed a dot,
 the mean with ± std whiskers), so differences smaller than the spread over seeds are visible.
@@ -86,6 +87,21 @@ def command(args, variant, seed):
           "--config.eval_every_steps=0", *args.overrides]
 
 
+def changed_settings(workdir, cmd):
+  """The config fields in which the finished run in `workdir` differs from what `cmd` (a
+  `ditm_jax.main` command line) would train now, with today's config files and defaults."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from ditm_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+  values([cmd[0]] + [a for a in cmd[1:] if a.startswith("--config")])
+  with open(os.path.join(workdir, workdir_lib.IDENTITY)) as f:
+    recorded = workdir_lib.flat_dict(json.load(f))
+  fixed, resumable = workdir_lib.differences(recorded, workdir_lib.flat(values.config))
+  return "; ".join(f"{k}={a} there, {b} now" for k, a, b in fixed + resumable)
+
+
 def train_all(args):
   """Trains every (variant, seed) not finished yet, one after another."""
   runs = [(v, s) for v in args.variant_list for s in args.seed_list]
@@ -95,13 +111,12 @@ def train_all(args):
     record = os.path.join(workdir, RECORD)
     argv = cmd[1:]
     if os.path.exists(record):
-      with open(record) as f:
-        done = json.load(f)
-      if done["argv"] == argv:
+      stale = changed_settings(workdir, cmd)
+      if not stale:
         print(f"[{n}/{len(runs)}] {variant} seed {seed}: finished before, reused", flush=True)
         continue
-      raise StudyError(f"{workdir} holds a finished run of another command "
-                       f"({shlex.join(done['argv'])}); delete it or pass another --workdir")
+      raise StudyError(f"{workdir} holds a finished run with other settings ({stale}); "
+                       "delete it or pass another --workdir")
     os.makedirs(workdir, exist_ok=True)
     print(f"[{n}/{len(runs)}] {variant} seed {seed}: training ({shlex.join(cmd[1:])})",
           flush=True)

@@ -105,4 +105,6 @@ def test_study_end_to_end_on_the_second_world_and_reuse(tmp_path):
   assert table in again.stdout
   other = subprocess.run(cmd[:-1] + ["--config.checkpoint_every_steps=5"], cwd=e2e.ROOT,
                          env=e2e.env(), capture_output=True, text=True, timeout=120)
-  assert other.returncode == 1 and "holds a finished run of another command" in other.stderr
+  assert other.returncode == 1, other.stderr[-2000:]
+  assert "holds a finished run with other settings (checkpoint_every_steps=10 there, 5 now)" \
+      in other.stderr

@@ -104,10 +104,12 @@ def test_warmups_longer_than_the_run_are_notes():
   assert validate.check(config, devices=1) == [
       lr_note, "config.loss.relax_warmup_steps=31 is longer than total_steps=20: beta rises to "
       "65% of loss.relax_beta by the end"]
-  triplet = override(demo.get_config("variant=baseline_vse"), total_steps=20)  # no beta
+  triplet = override(coco.get_config("variant=baseline_vse"), total_steps=20)  # no beta
   assert validate.check(triplet, devices=1) == [
-      lr_note, "config.loss.sum_violation_steps=200 is not shorter than total_steps=20: the "
-      "triplet loss sums over negatives at every step of the run"]
+      "config.loss.sum_violation_steps=886 is not shorter than total_steps=20: the triplet "
+      "loss sums over negatives at every step of the run"]
+  summed = override(demo.get_config("variant=baseline_vse"), total_steps=20)  # sums anyway
+  assert validate.check(summed, devices=1) == [lr_note]
   step_schedule = override(coco.get_config("tiny"), optim__warmup_steps=80)
   assert validate.check(step_schedule, devices=1) == [
       "config.optim.warmup_steps=80 does not fit in total_steps=40: the learning rate reaches "
