@@ -93,9 +93,11 @@ def changed_settings(workdir, cmd):
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from ditm_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  argv = [cmd[0]] + [a for a in cmd[1:] if a.startswith("--config")]
   values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
-  values([cmd[0]] + [a for a in cmd[1:] if a.startswith("--config")])
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
+                                  sys_argv=argv)  # the overrides it accepts come from argv
+  values(argv)
   with open(os.path.join(workdir, workdir_lib.IDENTITY)) as f:
     recorded = workdir_lib.flat_dict(json.load(f))
   fixed, resumable = workdir_lib.differences(recorded, workdir_lib.flat(values.config))
