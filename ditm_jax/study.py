@@ -261,8 +261,8 @@ def main(argv=None):
   with open(os.path.join(args.workdir, "study.json"), "w") as f:
     json.dump({"command": cmd, "eval": eval_name, "seeds": args.seed_list,
                "variants": results}, f, indent=1)
-  fig = figure(results, f"{args.config_path}:{args.config_arg} — {eval_name}, "
-                        f"mean ± std over {n} seeds")
+  config = args.config_path + (f":{args.config_arg}" if args.config_arg else "")
+  fig = figure(results, f"{config} — {eval_name}, mean ± std over {n} seeds")
   fig.savefig(os.path.join(args.workdir, "study.png"), dpi=110)
   print(f"Wrote {args.workdir}/study.md, study.json and study.png", flush=True)
   return 0

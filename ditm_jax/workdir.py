@@ -26,6 +26,7 @@ import os
 import socket
 import sys
 
+from absl import logging as absl_logging
 import tensorflow as tf
 
 LOCK = "run.lock"
@@ -291,12 +292,23 @@ def newest_intact(steps, load):
   damaged = []
   for step in sorted(steps, reverse=True):
     try:
-      return step, load(step), damaged
+      with _quiet_absl():  # Orbax logs a damaged file itself; the caller warns in one line
+        return step, load(step), damaged
     except Exception as e:  # pylint: disable=broad-except  # any failure: damaged
       lines = [l.strip() for l in str(e).splitlines() if l.strip()]
       damaged.append((step, f"damaged ({type(e).__name__}"
                             + (f": {lines[0][:200]})" if lines else ")")))
   return None, None, damaged
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+  level = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.FATAL)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(level)
 
 
 def move_aside(root, step):
