@@ -63,8 +63,9 @@ class Trainer:
             max_to_keep=keep, create=True, cleanup_tmp_directories=True,  # crashed saves
             multiprocessing_options=ocp.options.MultiprocessingOptions(
                 barrier_sync_key_prefix=name)))
-    self.checkpoints = manager("checkpoints", config.keep_checkpoints)
-    self.best = manager("best", 1)
+    with workdir_lib.quiet_absl():  # reading a damaged step's metadata: `restore` warns
+      self.checkpoints = manager("checkpoints", config.keep_checkpoints)
+      self.best = manager("best", 1)
     self.writer = evaluate_lib.MetricsWriter(self.workdir, enabled=self.is_main)
 
   # ---------------------------------------------------------------- state

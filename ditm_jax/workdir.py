@@ -292,7 +292,7 @@ def newest_intact(steps, load):
   damaged = []
   for step in sorted(steps, reverse=True):
     try:
-      with _quiet_absl():  # Orbax logs a damaged file itself; the caller warns in one line
+      with quiet_absl():  # Orbax logs a damaged file itself; the caller warns in one line
         return step, load(step), damaged
     except Exception as e:  # pylint: disable=broad-except  # any failure: damaged
       lines = [l.strip() for l in str(e).splitlines() if l.strip()]
@@ -302,7 +302,8 @@ def newest_intact(steps, load):
 
 
 @contextlib.contextmanager
-def _quiet_absl():
+def quiet_absl():
+  """Silences absl logging (Orbax's own report of a damaged checkpoint) inside the block."""
   level = absl_logging.get_verbosity()
   absl_logging.set_verbosity(absl_logging.FATAL)
   try:
