@@ -136,14 +136,13 @@ def train_all(args):
 
 def read_run(workdir, eval_name=None):
   """(eval name, {metric: value} of the final evaluation, collapsed 0/1) of one run."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  rows = []
-  with open(path) as f:
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue  # a torn last line
+  from ditm_jax import evaluate  # pylint: disable=g-import-not-at-top  # TensorFlow: lazily
+  writer = evaluate.MetricsWriter(workdir)
+  path = writer.path
+  try:
+    rows = writer.rows()  # without a torn last line
+  except ValueError as e:
+    raise StudyError(str(e)) from None
   final = next((r for r in reversed(rows) if any(k.endswith("/rsum") for k in r)), None)
   if final is None:
     raise StudyError(f"{path} has no evaluation with an RSUM")

@@ -49,6 +49,19 @@ def test_aggregate_table_and_figure(tmp_path):
   assert results["a"]["mean"] == {"i2t_r1": 1.0, "rsum": 1.0}
 
 
+def test_a_damaged_metrics_line_is_one_error(tmp_path):
+  workdir = study.run_dir(str(tmp_path), "a", 0)
+  fake_run(workdir, 300.0, 0.5, 0.2)
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path) as f:
+    lines = f.read().split("\n")
+  lines[1] = lines[1][:20]  # damaged in the middle: not a torn last line
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+  with pytest.raises(study.StudyError, match=f"{path}: line 2 is not JSON"):
+    study.read_run(workdir)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--config=configs/demo.py:variant=ditm", "--variants=ditm"], "names a variant"),
     (["--config=configs/demo.py", "--variants=ditm", "--config.seed=3"], "--config.seed"),
