@@ -39,7 +39,6 @@ import numpy as np
 
 from ditm_jax import descriptiveness
 from ditm_jax import flops
-from ditm_jax import host_memory
 from ditm_jax import losses
 from ditm_jax import losses_sharded
 from ditm_jax import sharding
@@ -47,7 +46,7 @@ from ditm_jax import step as step_lib
 from ditm_jax.data import demo
 from ditm_jax.evaluation import recall
 from ditm_jax.models import bert as bert_lib
-from ditm_jax.models import capacity
+from ditm_jax.data import packing_stats
 from ditm_jax.models import encoders
 from ditm_jax.models import gpo
 from ditm_jax.models import model as model_lib
@@ -125,7 +124,7 @@ MIN_TOKENS = 8  # synthetic captions: lengths uniform on 8..max_tokens, as in th
 
 
 class _SyntheticStats:
-  """What `capacity.derive` reads of a training split, for `_synthetic_batch`'s distribution."""
+  """What `packing_stats.derive` reads of a training split, for `_synthetic_batch`'s distribution."""
 
   def __init__(self, config):
     self.num_regions = config.data.num_regions
@@ -133,7 +132,7 @@ class _SyntheticStats:
   def caption_sum_counts(self, max_tokens):
     one = np.zeros(max_tokens + 1)
     one[MIN_TOKENS:] = 1.0
-    return {str(k): capacity.sum_pmf(one, k).tolist() for k in range(1, 6)}
+    return {str(k): packing_stats.sum_pmf(one, k).tolist() for k in range(1, 6)}
 
 
 def _synthetic_batch(config, rows, vocab_size, seed=0):
@@ -162,18 +161,11 @@ def _step_runner(config, model, batch, mesh=None):
   in training (donated), on the same global batch.
   """
   mesh = mesh or sharding.make_mesh(config)
-  tx = step_lib.make_optimizer(config)
-  batch_sharding = sharding.batch_sharding(mesh)
-  example = jax.tree.map(jnp.asarray, batch)
-  init = functools.partial(step_lib.init_state, model, tx, example)
-  abstract = jax.eval_shape(init, jax.random.key(0))
-  shardings = sharding.state_shardings(mesh, abstract, config)
-  step = functools.partial(step_lib.train_step, model=model, tx=tx, config=config, mesh=mesh)
-  step_fn = jax.jit(step, in_shardings=(shardings, batch_sharding),
-                    out_shardings=(shardings, None), donate_argnums=(0,))
-  matmul_flops = flops.matmul_flops(step, abstract, example)
-  global_batch = sharding.global_batch(batch_sharding, batch)
-  live = {"state": jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))}
+  built = step_lib.setup(config, model, step_lib.make_optimizer(config), mesh, batch)
+  step_fn = built.step
+  matmul_flops = flops.matmul_flops(built.step_fn, built.abstract, jax.tree.map(jnp.asarray, batch))
+  global_batch = sharding.global_batch(built.batch_sharding, batch)
+  live = {"state": built.init(jax.random.key(config.seed))}
 
   def run(n):
     times = []
@@ -251,7 +243,7 @@ def reference_setup(padded=False, bert=None, dtype="float32"):
   hidden -> 1024 + GPO; 128 images x 1 caption of 32 tokens; hardest-negative triplet loss
   (VSE-infinity, no relaxation, no ordering); AdamW (configs/coco.py's optimizer, BERT at
   0.1 x lr). The towers pack their valid tokens and kept regions as the trainer does with
-  configs/coco.py (buffers sized by `capacity.derive` for this batch's distribution: caption
+  configs/coco.py (buffers sized by `packing_stats.derive` for this batch's distribution: caption
   lengths uniform on 8..32, 20% region drop), or compute on every position when `padded`.
   `dtype` is the towers' compute dtype (parameters stay float32).
   """
@@ -262,7 +254,7 @@ def reference_setup(padded=False, bert=None, dtype="float32"):
   config.loss.sum_violation_steps = 0  # the hardest negative from the first step
   if padded:
     config.model.text_token_capacity = config.model.region_capacity = 0.0
-  capacity.derive(config, _SyntheticStats(config), data_devices=1)
+  packing_stats.derive(config, _SyntheticStats(config), data_devices=1)
   config.dtype = dtype
   dtype = jnp.dtype(dtype)
   image = encoders.RegionEncoder(embed_dim=1024, mlp_hidden=config.model.mlp_hidden,
@@ -276,7 +268,7 @@ def reference_setup(padded=False, bert=None, dtype="float32"):
 
 
 def packing_of(config, batch):
-  """The reference towers' packing fractions (derived, `capacity.derive`) and whether `batch`
+  """The reference towers' packing fractions (derived, `packing_stats.derive`) and whether `batch`
   fits them (True: the step timed is the packed one)."""
   masks = {"token_mask": config.model.text_token_capacity,
            "region_mask": config.model.region_capacity}
@@ -387,8 +379,8 @@ def text_tower_at_caption_lengths(lengths, bert=None, images=128, k=2, max_token
   cfg = bert_lib.BertConfig(**(bert or REFERENCE_BERT))
   tokens = np.where(mask, rng.integers(1000, cfg.vocab_size, mask.shape), 0).astype(np.int32)
   args = (jnp.asarray(tokens), jnp.asarray(mask))
-  counts = capacity.caption_sum_counts(lengths, max_tokens)[str(k)]
-  fractions = {"fixed": 0.75, "derived": capacity.fraction(counts, images, k * max_tokens,
+  counts = packing_stats.caption_sum_counts(lengths, max_tokens)[str(k)]
+  fractions = {"fixed": 0.75, "derived": packing_stats.fraction(counts, images, k * max_tokens,
                                                            overflow / 2), "padded": 0.0}
   fns, out = {}, {"fractions": fractions, "mean_fill": float(mask.mean()), "gflop": {},
                   "fits": {}}
@@ -725,13 +717,16 @@ def table(results):
 
 def main(argv):
   del argv
-  kept = host_memory.keep_freed_memory()  # before the first computation starts JAX's backend
+  kept = False
+  if sharding.expects_cpu_backend():  # before the first computation starts JAX's backend
+    from ditm_jax import cpu  # pylint: disable=g-import-not-at-top
+    kept = cpu.keep_freed_memory()
   if FLAGS.part == "devices8":
     results = devices8_part(FLAGS.quick)
   else:
     results = run(FLAGS.quick, FLAGS.torch_python, FLAGS.bert_base, FLAGS.reference_dtype,
                   FLAGS.only_reference, FLAGS.torch_rounds)
-    results["notes"].append("host memory: freed memory kept in the process (ditm_jax/host_memory"
+    results["notes"].append("host memory: freed memory kept in the process (ditm_jax/cpu"
                             ".py)" if kept else "host memory: glibc's defaults")
     print(table(results), flush=True)
     for note in results["notes"]:

@@ -1,12 +1,13 @@
-"""The optimisation step as pure functions: train state, optimizer, and `train_step`.
+"""The optimisation step: train state, optimizer, the pure `train_step`, and `setup`, which
+builds the abstract state, its shardings and the jitted init and step on a mesh.
 
 Nothing here reads data or files (no TensorFlow): the trainer (`train.py`), the benchmarks
-and tests jit `train_step` with their own shardings.
+and tests all build their state and step with `setup`.
 """
 
 import functools
 import math
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import flax
 import jax
@@ -39,6 +40,32 @@ def init_state(model, tx, example, rng):
   Pure: jit it with the state's shardings, or `jax.eval_shape` it for the abstract state.
   """
   return new_state(model.init(rng, example)["params"], tx)
+
+
+class Setup(NamedTuple):
+  """What `setup` builds: the state's abstract shapes and shardings, init and step."""
+  abstract: Any  # TrainState of jax.ShapeDtypeStruct
+  shardings: Any  # TrainState of NamedSharding
+  init: Callable  # jitted: rng -> state, born in `shardings`
+  step: Callable  # jitted: (state, global batch) -> (state, metrics), state donated
+  step_fn: Callable  # the same step, not jitted (for cost analysis)
+  batch_sharding: Any
+
+
+def setup(config, model, tx, mesh, example):
+  """Abstract state first: `jax.eval_shape` the state of batches shaped like `example` (a
+  global batch of NumPy arrays), derive its shardings on `mesh`, jit init straight into them
+  and the train step with them."""
+  example = jax.tree.map(jnp.asarray, example)
+  init = functools.partial(init_state, model, tx, example)
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  shardings = sharding.state_shardings(mesh, abstract, config)
+  batch_sharding = sharding.batch_sharding(mesh)
+  step_fn = functools.partial(train_step, model=model, tx=tx, config=config, mesh=mesh)
+  step = jax.jit(step_fn, in_shardings=(shardings, batch_sharding),
+                 out_shardings=(shardings, None), donate_argnums=(0,))
+  return Setup(abstract, shardings, jax.jit(init, out_shardings=shardings), step, step_fn,
+               batch_sharding)
 
 
 def loss_kwargs(config):

@@ -18,7 +18,7 @@ from ditm_jax import sharding
 from ditm_jax import step as step_lib
 from ditm_jax import workdir as workdir_lib
 from ditm_jax.data import datasets
-from ditm_jax.models import capacity
+from ditm_jax.data import packing_stats
 from ditm_jax.models import model as model_lib
 
 
@@ -47,7 +47,7 @@ class Trainer:
     self.data = datasets.load(config)
     # Packing buffers sized from the training data (a copy: the caller's config is left as is).
     self.config = config = config.copy_and_resolve_references()
-    self.packing_notes = capacity.derive(config, self.data.train, self.mesh.shape[sharding.DATA])
+    self.packing_notes = packing_stats.derive(config, self.data.train, self.mesh.shape[sharding.DATA])
     dtype = jnp.dtype(config.dtype)
     self.model = model_lib.build(config, self.data.vocab_size, dtype=dtype)
     self.tx = step_lib.make_optimizer(config)

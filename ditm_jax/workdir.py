@@ -10,7 +10,7 @@
   stops before touching anything and lists those fields (`check_identity`); the fields of
   `RESUMABLE` (how long, how often to evaluate, log and save, where data and backbones are
   read from, the device layout) may change on resume and are listed in a note. `DERIVED`
-  fields are set from the data by the trainer (`models/capacity.py`) and not compared.
+  fields are set from the data by the trainer (`data/packing_stats.py`) and not compared.
 - Damaged checkpoints: `newest_intact` walks back from the newest checkpoint to the newest
   one that restores; the damaged newer ones are moved to `DIR/set_aside/` (never deleted)
   by `set_aside`, so that the resumed run can save those steps again.

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ditm_jax import bench
-from ditm_jax.models import capacity
+from ditm_jax.data import packing_stats
 
 
 def test_machine_describes_cpu_and_jax():
@@ -174,7 +174,7 @@ def test_text_tower_at_caption_lengths_packs_into_the_derived_buffer():
               intermediate_size=32)
   out = bench.text_tower_at_caption_lengths(lengths, bert=tiny, images=8, k=2, max_tokens=16,
                                             rounds=1)
-  derived = capacity.fraction(capacity.caption_sum_counts(lengths, 16)["2"], 8, 32, 5e-4)
+  derived = packing_stats.fraction(packing_stats.caption_sum_counts(lengths, 16)["2"], 8, 32, 5e-4)
   assert out["fractions"] == {"fixed": 0.75, "derived": derived, "padded": 0.0}
   assert out["fits"] == {"fixed": True, "derived": True, "padded": False}
   assert out["gflop"]["derived"] < out["gflop"]["fixed"] < out["gflop"]["padded"]

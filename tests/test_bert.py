@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 
 from ditm_jax.models import bert
 from ditm_jax.models import hf_import
-from ditm_jax.models import tokenizer
+from ditm_jax.data import tokenizer
 from ditm_jax.models import transformer
 
 GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"

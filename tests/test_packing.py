@@ -10,7 +10,7 @@ from ditm_jax.models import bert
 from ditm_jax.models import encoders
 from ditm_jax.models import model as model_lib
 from ditm_jax.models import packing
-from ditm_jax.models import tokenizer
+from ditm_jax.data import tokenizer
 
 BERT_DIR = pathlib.Path(__file__).resolve().parent / "golden" / "bert_tiny"
 TEXTS = ["A man riding a horse.", "Two dogs on the street", "a red car",

@@ -13,7 +13,7 @@ from ditm_jax.data import pipeline
 from ditm_jax.data import prepare
 from ditm_jax.data import records
 from ditm_jax.data import vocab as vocab_lib
-from ditm_jax.models import capacity
+from ditm_jax.data import packing_stats
 from tests import conftest
 from tests import real_data_util as rd
 
@@ -92,12 +92,12 @@ def test_eval_splits_read_back_in_order_with_train_fitted_text(prepared):
 
 
 def test_manifest_records_the_training_captions_token_counts(prepared):
-  """What the trainer sizes its packing buffers from (capacity.derive), read back."""
+  """What the trainer sizes its packing buffers from (packing_stats.derive), read back."""
   _, config, _, splits = prepared
   train = datasets.load(config).train
   _, lengths = vocab_lib.Vocab.build(splits["train"][0]).encode(splits["train"][0],
                                                                 config.data.max_tokens)
-  want = capacity.caption_sum_counts(lengths.reshape(-1, 5), config.data.max_tokens)
+  want = packing_stats.caption_sum_counts(lengths.reshape(-1, 5), config.data.max_tokens)
   assert train.caption_sum_counts(config.data.max_tokens) == want
   assert sum(want["2"]) == 60 * 10 and train.num_regions == R
   assert train.caption_sum_counts(config.data.max_tokens - 1) is None  # other lengths

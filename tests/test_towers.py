@@ -16,7 +16,7 @@ from ditm_jax.models import config_fields
 from ditm_jax.models import encoders
 from ditm_jax.models import gpo
 from ditm_jax.models import model as model_lib
-from ditm_jax.models import tokenizer
+from ditm_jax.data import tokenizer
 from ditm_jax.models import vit
 
 GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"

@@ -108,7 +108,7 @@ def test_other_settings_are_refused_and_list_the_fields(tmp_path):
 
 def test_resumable_settings_are_a_note_and_derived_ones_are_not_compared(tmp_path):
   recorded = demo.get_config("tiny")
-  recorded.model.region_capacity = 0.8123  # as models/capacity.py derives it
+  recorded.model.region_capacity = 0.8123  # as data/packing_stats.py derives it
   workdir = _run_in(tmp_path, recorded)
   config = demo.get_config("tiny")
   assert wd.check_identity(config, workdir) == []

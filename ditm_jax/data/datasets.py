@@ -14,7 +14,7 @@ from ditm_jax.data import demo
 from ditm_jax.data import pipeline
 from ditm_jax.data import records
 from ditm_jax.data import vocab as vocab_lib
-from ditm_jax.models import tokenizer
+from ditm_jax.data import tokenizer
 
 
 @dataclasses.dataclass

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from ditm_jax.data import records
-from ditm_jax.models import capacity
+from ditm_jax.data import packing_stats
 
 
 @dataclasses.dataclass
@@ -45,8 +45,8 @@ class Split:
     return self.features.shape[1] if self.image_key == "regions" else None
 
   def caption_sum_counts(self, max_tokens):
-    """`capacity.caption_sum_counts` of this split's caption lengths."""
-    return capacity.caption_sum_counts(
+    """`packing_stats.caption_sum_counts` of this split's caption lengths."""
+    return packing_stats.caption_sum_counts(
         self.lengths.reshape(-1, self.captions_per_image), max_tokens)
 
   def batches(self, config, start_step, process_index=0, process_count=1):
@@ -214,7 +214,7 @@ class RecordSplit:
     self.num_regions = manifest["feature_shape"][0] if manifest["image"] == "regions" else None
 
   def caption_sum_counts(self, max_tokens):
-    """`capacity.caption_sum_counts` as `prepare` recorded it (None in older manifests)."""
+    """`packing_stats.caption_sum_counts` as `prepare` recorded it (None in older manifests)."""
     counts = self.manifest["splits"][self.name].get("caption_sum_counts")
     return counts if max_tokens == self.manifest["max_tokens"] else None
 

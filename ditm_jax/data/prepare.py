@@ -38,7 +38,7 @@ import numpy as np
 
 from ditm_jax.data import records
 from ditm_jax.data import vocab as vocab_lib
-from ditm_jax.models import capacity
+from ditm_jax.data import packing_stats
 
 CAPTIONS_PER_IMAGE = 5  # the COCO / Flickr30K protocol: five captions per image
 FEATURE_CHUNK = 128  # feature rows read (and held) at a time
@@ -226,8 +226,8 @@ def _write_split(directory, src, tokens, lengths, desc, num_shards, config):
       "shards": names, "shard_counts": counts, "layout": src.layout,
       "desc_mean": float(np.mean(desc)), "desc_std": float(np.std(desc)),
       "truncated_captions": int(np.sum(lengths >= config.data.max_tokens)),
-      # For the packing capacities of training (`capacity.derive`): totals of K-caption subsets.
-      "caption_sum_counts": capacity.caption_sum_counts(
+      # For the packing capacities of training (`packing_stats.derive`): totals of K-caption subsets.
+      "caption_sum_counts": packing_stats.caption_sum_counts(
           np.reshape(lengths, (-1, c)), config.data.max_tokens),
   }
 

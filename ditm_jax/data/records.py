@@ -199,7 +199,7 @@ def _bert_tokenizer(config):
 
 @functools.lru_cache(maxsize=4)
 def _load_tokenizer(path, max_tokens):
-  from ditm_jax.models import tokenizer  # pylint: disable=g-import-not-at-top
+  from ditm_jax.data import tokenizer  # pylint: disable=g-import-not-at-top
   return tokenizer.load_tokenizer(path, max_length=max_tokens)
 
 

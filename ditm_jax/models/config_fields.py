@@ -23,7 +23,7 @@ MODEL_FIELDS = {
     "packing_overflow": (1e-3, "share of training steps allowed to overflow the packing "
                                "buffers (and run padded): capacities above 0 are then derived "
                                "from the training data's caption lengths and region drop "
-                               "(models/capacity.py); 0 keeps the fractions as set"),
+                               "(data/packing_stats.py); 0 keeps the fractions as set"),
     "vit_path": ("", "model.image='vit': ViT checkpoint dir or hub name"),
     "image_lr_mult": (0.1, "learning rate of the pretrained image backbone, x optim.lr"),
     "freeze_image_backbone": (False, "keep the pretrained image backbone fixed (no gradient)"),

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from ditm_jax.models import bert as bert_lib
-from ditm_jax.models import dense as dense_lib
+from ditm_jax.models import layers
 from ditm_jax.models import packing as packing_lib
 from ditm_jax.models import vit as vit_lib
 from ditm_jax.models.gpo import GPO
@@ -45,9 +45,9 @@ class RegionEncoder(nn.Module):
     def project(mdl, regions, packing):
       x = regions.astype(self.dtype)
       x = x if packing is None else packing.pack(x)
-      linear = dense_lib.Dense(self.embed_dim, dtype=self.dtype, name="fc", parent=mdl)(x)
-      h = nn.relu(dense_lib.Dense(self.mlp_hidden, dtype=self.dtype, name="mlp_in", parent=mdl)(x))
-      h = dense_lib.Dense(self.embed_dim, dtype=self.dtype, name="mlp_out", parent=mdl)(h)
+      linear = layers.Dense(self.embed_dim, dtype=self.dtype, name="fc", parent=mdl)(x)
+      h = nn.relu(layers.Dense(self.mlp_hidden, dtype=self.dtype, name="mlp_in", parent=mdl)(x))
+      h = layers.Dense(self.embed_dim, dtype=self.dtype, name="mlp_out", parent=mdl)(h)
       return linear + h if packing is None else packing.unpack(linear + h, *mask.shape)
     x = packing_lib.packed_or_padded(self, project, mask, self.region_capacity, regions,
                                       pack=self.pack)
@@ -114,7 +114,7 @@ class BertTextEncoder(nn.Module):
         h = jax.lax.stop_gradient(h)
       # The projection is row-wise too, so it runs on the packed rows; padded, on (B*L, hidden)
       # rows (2-D: plain matmuls for the weight gradient, see transformer.Mlp).
-      x = dense_lib.Dense(self.embed_dim, dtype=self.dtype, name="fc", parent=mdl)(
+      x = layers.Dense(self.embed_dim, dtype=self.dtype, name="fc", parent=mdl)(
           h.reshape(-1, h.shape[-1]))
       return x.reshape(*mask.shape, -1) if packing is None else packing.unpack(x, *mask.shape)
     x = packing_lib.packed_or_padded(self, encode, mask, self.token_capacity, tokens, mask,
@@ -148,6 +148,6 @@ class ViTImageEncoder(nn.Module):
     h = vit_lib.ViTModel(self.vit_config, dtype=self.dtype, name=self.backbone)(images)
     if self.freeze_backbone:
       h = jax.lax.stop_gradient(h)
-    patches = dense_lib.Dense(self.embed_dim, dtype=self.dtype, name="fc")(h[:, 1:])
+    patches = layers.Dense(self.embed_dim, dtype=self.dtype, name="fc")(h[:, 1:])
     mask = jnp.ones(patches.shape[:2], bool)
     return l2_normalize(GPO(dtype=self.dtype, name="gpo")(patches, mask))

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ditm_jax.models import dense as dense_lib
+from ditm_jax.models import layers
 from ditm_jax.models import packing as packing_lib
 
 Dtype = Any
@@ -68,7 +68,7 @@ class SelfAttention(nn.Module):
       split = lambda y: packing.unpack(y, batch, length).reshape(
           batch, length, self.num_heads, head_dim)
     head_dim = features // self.num_heads
-    dense = functools.partial(dense_lib.Dense, features, kernel_init=self.kernel_init,
+    dense = functools.partial(layers.Dense, features, kernel_init=self.kernel_init,
                               dtype=self.dtype, param_dtype=self.param_dtype)
     q = split(dense(use_bias=self.qkv_bias, name="query")(x))
     k = split(dense(use_bias=self.qkv_bias, name="key")(x))
@@ -93,7 +93,7 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    dense = functools.partial(dense_lib.Dense, kernel_init=self.kernel_init, dtype=self.dtype,
+    dense = functools.partial(layers.Dense, kernel_init=self.kernel_init, dtype=self.dtype,
                               param_dtype=self.param_dtype)
     # (B*L, F) rows: with a 2-D operand XLA:CPU runs the weight gradients as plain matmuls
     # (3-D operands were first transposed into copies); BERT fwd+bwd 0.89 -> 0.79 s at 128x32.

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ditm_jax.data import pipeline
-from ditm_jax.models import capacity
+from ditm_jax.data import packing_stats
 
 
 def _enumerated_sum(pmf, units):
@@ -21,10 +21,10 @@ def _enumerated_sum(pmf, units):
 def test_sum_pmf_equals_enumeration():
   pmf = np.array([0.0, 0.1, 0.25, 0.4, 0.0, 0.25])
   for units in (1, 2, 5):
-    np.testing.assert_allclose(capacity.sum_pmf(pmf, units), _enumerated_sum(pmf, units),
+    np.testing.assert_allclose(packing_stats.sum_pmf(pmf, units), _enumerated_sum(pmf, units),
                                atol=1e-14)
   # Unnormalised counts give the same distribution.
-  np.testing.assert_allclose(capacity.sum_pmf(pmf * 40, 3), _enumerated_sum(pmf, 3), atol=1e-14)
+  np.testing.assert_allclose(packing_stats.sum_pmf(pmf * 40, 3), _enumerated_sum(pmf, 3), atol=1e-14)
 
 
 @pytest.mark.parametrize("overflow", [0.5, 0.1, 0.01, 1e-3])
@@ -33,19 +33,19 @@ def test_rows_for_is_the_smallest_buffer_within_the_overflow(overflow):
   total = _enumerated_sum(pmf, 6)
   exceeds = [total[c + 1:].sum() for c in range(len(total))]  # P(sum > c)
   want = min(c for c, p in enumerate(exceeds) if p <= overflow)
-  assert capacity.rows_for(pmf, 6, overflow) == want
+  assert packing_stats.rows_for(pmf, 6, overflow) == want
   assert exceeds[want - 1] > overflow
 
 
 def test_rows_for_rejects_an_overflow_outside_zero_one():
   with pytest.raises(ValueError, match="overflow"):
-    capacity.rows_for(np.ones(3), 2, 0.0)
+    packing_stats.rows_for(np.ones(3), 2, 0.0)
 
 
 def test_caption_sum_counts_equal_a_loop_over_images_and_subsets():
   rng = np.random.default_rng(0)
   lengths = rng.integers(1, 30, (40, 5))
-  got = capacity.caption_sum_counts(lengths, max_tokens=20)
+  got = packing_stats.caption_sum_counts(lengths, max_tokens=20)
   assert sorted(got, key=int) == ["1", "2", "3", "4", "5"]
   for k in range(1, 6):
     want = {}
@@ -56,7 +56,7 @@ def test_caption_sum_counts_equal_a_loop_over_images_and_subsets():
     counts = got[str(k)]
     assert len(counts) == max(want) + 1
     assert {s: n for s, n in enumerate(counts) if n} == want
-  assert sum(capacity.caption_sum_counts(lengths, 20)["2"]) == 40 * 10
+  assert sum(packing_stats.caption_sum_counts(lengths, 20)["2"]) == 40 * 10
 
 
 @pytest.mark.parametrize("regions, drop", [(4, 0.5), (6, 0.2), (3, 0.9)])
@@ -67,7 +67,7 @@ def test_kept_regions_pmf_lists_the_pipelines_drop_patterns(regions, drop):
     pattern = list(pattern)
     pattern[0] &= not all(pattern)  # pipeline.region_keep_mask keeps region 0 then
     want[regions - sum(pattern)] += p
-  np.testing.assert_allclose(capacity.kept_regions_pmf(regions, drop), want, atol=1e-15)
+  np.testing.assert_allclose(packing_stats.kept_regions_pmf(regions, drop), want, atol=1e-15)
 
 
 def test_the_pipelines_batches_follow_the_derived_distribution():
@@ -81,16 +81,16 @@ def test_the_pipelines_batches_follow_the_derived_distribution():
     images, slots = pipeline.sample(3, step, n, b, c, k)
     tokens.append(lengths[images[:, None], slots].sum())
     regions.append(pipeline.region_keep_mask(3, step, b, 5, 0.5).sum())
-  for observed, pmf in ((tokens, capacity.caption_sum_counts(lengths, 40)[str(k)]),
-                        (regions, capacity.kept_regions_pmf(5, 0.5))):
-    total = capacity.sum_pmf(pmf, b)
+  for observed, pmf in ((tokens, packing_stats.caption_sum_counts(lengths, 40)[str(k)]),
+                        (regions, packing_stats.kept_regions_pmf(5, 0.5))):
+    total = packing_stats.sum_pmf(pmf, b)
     values = np.arange(len(total))
     mean = values @ total
     sd = math.sqrt((values - mean) ** 2 @ total)
     assert abs(np.mean(observed) - mean) < 4 * sd / math.sqrt(steps)
     assert np.std(observed) == pytest.approx(sd, rel=0.06)
     # The tail that sizes the buffers: P(sum > C) at C for a 5% overflow.
-    cut = capacity.rows_for(pmf, b, 0.05)
+    cut = packing_stats.rows_for(pmf, b, 0.05)
     frequency = np.mean(np.asarray(observed) > cut)
     assert abs(frequency - total[cut + 1:].sum()) < 4 * math.sqrt(0.05 * 0.95 / steps)
 
@@ -100,7 +100,7 @@ class _Stats:
     self.lengths, self.num_regions = lengths, num_regions
 
   def caption_sum_counts(self, max_tokens):
-    return None if self.lengths is None else capacity.caption_sum_counts(self.lengths,
+    return None if self.lengths is None else packing_stats.caption_sum_counts(self.lengths,
                                                                           max_tokens)
 
 
@@ -117,11 +117,11 @@ def _config(**model):
 def test_derive_sets_the_fractions_of_the_packing_towers():
   lengths = np.random.default_rng(2).integers(4, 12, (100, 5))
   config = _config()
-  lines = capacity.derive(config, _Stats(lengths, 10), data_devices=4)
+  lines = packing_stats.derive(config, _Stats(lengths, 10), data_devices=4)
   each = 1e-3 / (2 * 4)  # two packed masks, four devices
   units = 32 // 4
-  want_text = capacity.rows_for(capacity.caption_sum_counts(lengths, 20)["2"], units, each)
-  want_regions = capacity.rows_for(capacity.kept_regions_pmf(10, 0.2), units, each)
+  want_text = packing_stats.rows_for(packing_stats.caption_sum_counts(lengths, 20)["2"], units, each)
+  want_regions = packing_stats.rows_for(packing_stats.kept_regions_pmf(10, 0.2), units, each)
   assert config.model.text_token_capacity == want_text / (units * 2 * 20)
   assert config.model.region_capacity == want_regions / (units * 10)
   assert len(lines) == 2 and "was 0.75" in lines[0] and "was 0.85" in lines[1]
@@ -136,7 +136,7 @@ def test_derive_sets_the_fractions_of_the_packing_towers():
 def test_derive_keeps_what_it_cannot_or_should_not_derive(model, lengths, regions, want):
   lengths = np.full((10, 5), 6) if lengths else None
   config = _config(**model)
-  lines = capacity.derive(config, _Stats(lengths, regions), data_devices=1)
+  lines = packing_stats.derive(config, _Stats(lengths, regions), data_devices=1)
   got = (config.model.text_token_capacity, config.model.region_capacity)
   assert got[0] == want[0]
   assert got[1] == want[1] if want[1] is not None else got[1] != 0.85
