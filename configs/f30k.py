@@ -1,4 +1,4 @@
-"""Flickr30K (Karpathy splits) with VSE-infinity's recipe and the DITM terms (ditm_jax.recipes).
+"""Flickr30K (Karpathy splits) with VSE-infinity's recipe and the DITM terms (configs/common.py).
 
   python -m ditm_jax.main --config=configs/f30k.py --mode=prepare \
       --config.data.raw_dir=RAW --config.data.dir=PREPARED
@@ -7,8 +7,32 @@
              ditm_soft|no_relax|no_order>, tiny
 """
 
-from ditm_jax import recipes
+import ml_collections
+
+from configs import common
 
 
 def get_config(arg=None):
-  return recipes.real_data_config("f30k", arg)
+  values, flags = common.parse_arg(arg, keys=("text", "img", "variant"), config="configs/f30k.py")
+  c = common.base_config()
+  c.data.name = "f30k"
+  c.data.splits = "train,dev,test"
+  c.data.karpathy_json = "dataset_flickr30k.json"
+  c.data.karpathy_splits = ml_collections.ConfigDict(dict(train="train", dev="val", test="test"))
+  c.data.train_shards = 32
+  common.set_epochs(c, train_images=29000)
+  # Flickr30K's 1K test images; the best checkpoint by the dev RSUM.
+  c.evals = ml_collections.ConfigDict(dict(dev=dict(type="recall", split="dev"),
+                                           test=dict(type="recall", split="test")))
+
+  common.set_towers(c, values.get("text", "bigru"), values.get("img", "regions"))
+  common.apply_variant(c, values.get("variant", "ditm"))
+  if "tiny" in flags:  # seconds-long smoke run on a CPU, same data formats
+    common.shrink_to_tiny(c)
+    c.export_at_end = False
+    c.data.train_shards = 4
+    c.data.shuffle_window = 256
+    c.optim.lr = 1e-3
+    c.optim.decay_steps = (30,)
+    c.evals = ml_collections.ConfigDict(dict(test=dict(type="recall", split="test")))
+  return c

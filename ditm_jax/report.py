@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from ditm_jax.evaluate import table
+from ditm_jax.metrics import table
 
 
 def last_eval(workdir):

@@ -64,24 +64,35 @@ def top_k(scores, k):
 
 
 def embed_query(workdir, meta, text):
-  """(D,) embedding of `text` by the model of the export's config and checkpoint step."""
+  """(D,) embedding of `text` by the model of the export's config and checkpoint step.
+
+  Builds the model and its abstract state, restores that step's parameters from
+  DIR/checkpoints and tokenises `text` as the run did; no input pipeline.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")  # TensorFlow only reads files
-  from ditm_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from ditm_jax import train  # pylint: disable=g-import-not-at-top
+  from ditm_jax import checkpoints, evaluate, sharding, step  # pylint: disable=g-import-not-at-top
+  from ditm_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  from ditm_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(meta["config"])
   config.mesh.data = -1  # whatever devices this machine has
   try:
-    trainer = train.Trainer(config, workdir)
-    steps = trainer.checkpoints.all_steps()
-    if meta["step"] not in steps:
+    mesh = sharding.make_mesh(config)
+    vocab_size, encode = datasets.text_tooling(config)
+    model = model_lib.build(config, vocab_size)
+    setup = step.setup(config, model, step.make_optimizer(config), mesh,
+                       datasets.example_batch(config, mesh.devices.size))
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            setup.abstract, setup.shardings)
+    ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints, abstract, config,
+                                   with_best=False)
+    if meta["step"] not in ckpt.steps():
       raise RetrieveError(
           f"the export is of step {meta['step']}, whose checkpoint is no longer in {workdir}/"
-          f"checkpoints (have {sorted(steps)}); export again with --mode=export")
-    params = trainer.restore(meta["step"]).params
-    return evaluate.embed_texts(trainer, params, [text])[0]
-  except (train.UserError, ValueError, FileNotFoundError) as e:
+          f"checkpoints (have {ckpt.steps()}); export again with --mode=export")
+    params = ckpt.restore(meta["step"]).params
+    return evaluate.Embedding(model, mesh, config).texts(params, encode, [text])[0]
+  except (ValueError, FileNotFoundError) as e:
     raise RetrieveError(f"cannot rebuild the model of the export: {e}") from None
 
 

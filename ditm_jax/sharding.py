@@ -74,10 +74,10 @@ def state_shardings(mesh, abstract_state, config):
   forward and backward pass and reduce-scatters their gradients; the optimizer update runs
   on the shards.
   """
-  if not config.mesh.get("fsdp", False):
+  if not config.mesh.fsdp:
     return jax.tree.map(lambda _: replicated(mesh), abstract_state)
   devices = mesh.shape[DATA]
-  min_size = config.mesh.get("fsdp_min_size", FSDP_MIN_SIZE)
+  min_size = config.mesh.fsdp_min_size
   return jax.tree.map(
       lambda x: NamedSharding(mesh, fsdp_spec(x.shape, devices, min_size)), abstract_state)
 

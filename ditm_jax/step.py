@@ -19,6 +19,7 @@ from ditm_jax import losses
 from ditm_jax import losses_sharded
 from ditm_jax import sharding
 from ditm_jax.models import model as model_lib
+from ditm_jax.models import packed
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -93,8 +94,7 @@ def param_labels(config, params):
   `config.model.freeze_text_backbone` / `freeze_image_backbone`.
   """
   m = config.model
-  frozen = {"text_backbone": m.get("freeze_text_backbone", False),
-            "image_backbone": m.get("freeze_image_backbone", False)}
+  frozen = {"text_backbone": m.freeze_text_backbone, "image_backbone": m.freeze_image_backbone}
 
   def label(path, _):
     keys = tuple(str(getattr(p, "key", p)) for p in path)
@@ -116,7 +116,7 @@ def lr_schedule(config):
   epoch 15).
   """
   o = config.optim
-  kind = o.get("schedule", "cosine")
+  kind = o.schedule
   if kind == "cosine":
     decay_steps = max(config.total_steps, 2)
     return optax.warmup_cosine_decay_schedule(
@@ -140,8 +140,8 @@ def make_optimizer(config):
   """
   o, m = config.optim, config.model
   schedule = lr_schedule(config)
-  lr_mult = {"default": 1.0, "text_backbone": m.get("text_lr_mult", 1.0),
-             "image_backbone": m.get("image_lr_mult", 1.0)}
+  lr_mult = {"default": 1.0, "text_backbone": m.text_lr_mult,
+             "image_backbone": m.image_lr_mult}
 
   def adamw(mult):
     lr = schedule if mult == 1.0 else (lambda step: mult * schedule(step))
@@ -164,7 +164,7 @@ def train_step(state, batch, *, model, tx, config, mesh=None):
   the plain global form.
   """
   objective = losses.objective
-  if mesh is not None and config.loss.get("sharded", False):
+  if mesh is not None and config.loss.sharded:
     objective = functools.partial(losses_sharded.objective, mesh=mesh, axis=sharding.DATA)
 
   def value_and_grad(model):
@@ -184,7 +184,7 @@ def train_step(state, batch, *, model, tx, config, mesh=None):
 
   # Towers that pack their valid tokens/regions do so when this batch fits on every device.
   shards = 1 if mesh is None else mesh.shape[sharding.DATA]
-  (loss, terms), grads = model_lib.select_packing(model, value_and_grad, batch, shards)
+  (loss, terms), grads = packed.select_packing(model, value_and_grad, batch, shards)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ok = jnp.isfinite(loss)

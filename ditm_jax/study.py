@@ -44,7 +44,7 @@ def parse(argv):
   p = argparse.ArgumentParser(prog="python -m ditm_jax.study",
                               description=__doc__.splitlines()[0])
   p.add_argument("--config", required=True, help="config file[:args], e.g. configs/demo.py")
-  p.add_argument("--variants", required=True, help="comma-separated presets (ditm_jax.presets)")
+  p.add_argument("--variants", required=True, help="comma-separated variants (configs/common.py)")
   p.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a list '0,3,7'")
   p.add_argument("--workdir", required=True, help="root of the runs and the study files")
   p.add_argument("--eval", default=None, help="evaluation whose final metrics are tabled")
@@ -101,7 +101,9 @@ def changed_settings(workdir, cmd):
   with open(os.path.join(workdir, workdir_lib.IDENTITY)) as f:
     recorded = workdir_lib.flat_dict(json.load(f))
   fixed, resumable = workdir_lib.differences(recorded, workdir_lib.flat(values.config))
-  return "; ".join(f"{k}={a} there, {b} now" for k, a, b in fixed + resumable)
+  # Fields added to the config base after the run was made do not make it stale.
+  return "; ".join(f"{k}={a} there, {b} now" for k, a, b in fixed + resumable
+                   if a != workdir_lib.ABSENT)
 
 
 def train_all(args):
@@ -136,8 +138,8 @@ def train_all(args):
 
 def read_run(workdir, eval_name=None):
   """(eval name, {metric: value} of the final evaluation, collapsed 0/1) of one run."""
-  from ditm_jax import evaluate  # pylint: disable=g-import-not-at-top  # TensorFlow: lazily
-  writer = evaluate.MetricsWriter(workdir)
+  from ditm_jax import metrics  # pylint: disable=g-import-not-at-top
+  writer = metrics.MetricsWriter(workdir)
   path = writer.path
   try:
     rows = writer.rows()  # without a torn last line
@@ -236,11 +238,11 @@ def main(argv=None):
           "--config=configs/demo.py", file=sys.stderr)
     return 1
   try:
-    from ditm_jax import presets  # pylint: disable=g-import-not-at-top
-    unknown = [v for v in args.variant_list if v not in presets.VARIANTS]
+    from configs import common  # pylint: disable=g-import-not-at-top
+    unknown = [v for v in args.variant_list if v not in common.VARIANTS]
     if unknown:
       raise StudyError(f"--variants: {', '.join(unknown)} not known; choose from "
-                       f"{', '.join(presets.VARIANTS)}")
+                       f"{', '.join(common.VARIANTS)}")
     t0 = time.time()
     train_all(args)
     results, eval_name = aggregate(args)

@@ -160,7 +160,7 @@ def _warmup_notes(config):
     return notes
   warmup = o.warmup_steps
   if NON_NEGATIVE_INT.ok(warmup) and warmup >= max(total, 2):
-    if o.get("schedule", "cosine") == "cosine":  # as step.lr_schedule reads it; clamped there
+    if o.schedule == "cosine":  # clamped in step.lr_schedule
       what = f"the learning rate warms up over {max(total, 2) - 1} steps instead, then decays"
     else:
       what = f"the learning rate reaches {total / warmup:.0%} of optim.lr by the end"

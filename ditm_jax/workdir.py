@@ -32,6 +32,7 @@ import tensorflow as tf
 LOCK = "run.lock"
 IDENTITY = "config.json"  # written by Trainer.train
 SET_ASIDE = "set_aside"
+ABSENT = "(absent)"  # how `differences` shows a field one side lacks
 # Config fields (and every field below them) that may change when a run is resumed.
 RESUMABLE = (
     "total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
@@ -231,16 +232,18 @@ def _under(field, fields):
 def differences(recorded, current):
   """(identity fields, resumable fields) that differ: lists of (field, recorded, current).
 
-  Both are `flat` configs; fields of DERIVED are left out.
+  Both are `flat` configs; fields of DERIVED are left out. Fields absent from `recorded`
+  (added to the config base after that run started) count as resumable.
   """
   absent = object()
   diffs = [(k, recorded.get(k, absent), current.get(k, absent))
            for k in sorted(set(recorded) | set(current))
            if recorded.get(k, absent) != current.get(k, absent) and not _under(k, DERIVED)]
-  show = lambda v: "(absent)" if v is absent else json.dumps(v)
+  show = lambda v: ABSENT if v is absent else json.dumps(v)
   diffs = [(k, show(a), show(b)) for k, a, b in diffs]
-  return ([d for d in diffs if not _under(d[0], RESUMABLE)],
-          [d for d in diffs if _under(d[0], RESUMABLE)])
+  # A field the recorded run lacks was added to the config base after it started.
+  allowed = lambda d: _under(d[0], RESUMABLE) or d[1] == ABSENT
+  return [d for d in diffs if not allowed(d)], [d for d in diffs if allowed(d)]
 
 
 def has_checkpoint(workdir):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ditm_jax import evaluate
+from ditm_jax import metrics
 from ditm_jax.data import demo
 from ditm_jax.data import pipeline
 from ditm_jax.evaluation import cxc
@@ -276,7 +277,7 @@ def test_table_groups_evaluations_by_their_columns():
              "coco_1k/i2t_r1": 70.0, "coco_1k/rsum": 500.0,
              "coco_5k/i2t_r1": 50.0, "coco_5k/rsum": 400.0, "coco_5k/i2t_medr": 2.0,
              "hc/precision": 0.25, "hc/recall": 0.5, "hc/d_corr": 0.75}
-  text = evaluate.table({"run": results})
+  text = metrics.table({"run": results})
   tables = text.split("\n\n")
   assert len(tables) == 3
   assert tables[0].splitlines()[0] == "| run | eval | i2t_r1 | rsum |"
@@ -287,7 +288,7 @@ def test_table_groups_evaluations_by_their_columns():
 
 
 def test_write_results(tmp_path):
-  evaluate.write_results(str(tmp_path), 12, {"t/rsum": 300.0, "t/i2t_r1": 50.0})
+  metrics.write_results(str(tmp_path), 12, {"t/rsum": 300.0, "t/i2t_r1": 50.0})
   assert json.loads((tmp_path / "eval_results.json").read_text()) == {
       "step": 12, "t/rsum": 300.0, "t/i2t_r1": 50.0}
   assert "| this run | t | 50.0 | 300.0 |" in (tmp_path / "eval_results.md").read_text()
@@ -299,20 +300,20 @@ def test_evaluator_selection_default_exports_and_optional_splits(capsys):
       "dev": {"type": "recall", "split": "dev"},
       "hc": {"type": "hierarcaps", "split": "hierarcaps", "optional": True, "data_dir": "x"}}})
   data = types.SimpleNamespace(splits={"testall": _split([1]), "dev": _split([2])})
-  trainer = types.SimpleNamespace(config=config, data=data, is_main=True)
-  metrics = evaluate.Evaluator(trainer, which="metrics")
-  assert list(metrics.specs) == ["coco_5k", "dev"]  # the optional one lacks its split
+  embedding = types.SimpleNamespace(config=config)
+  evaluator = lambda which="all": evaluate.Evaluator(embedding, data, "unused", which=which)
+  assert list(evaluator("metrics").specs) == ["coco_5k", "dev"]  # the optional one lacks its split
   assert "evaluation 'hc': split 'hierarcaps' is not in the data" in capsys.readouterr().out
   # No export listed: --mode=export exports every evaluated split; training exports none ...
-  assert {n: s["split"] for n, s in evaluate.Evaluator(trainer, "exports").specs.items()} == {
+  assert {n: s["split"] for n, s in evaluator("exports").specs.items()} == {
       "export_dev": "dev", "export_testall": "testall"}
-  assert list(evaluate.Evaluator(trainer).specs) == ["coco_5k", "dev"]
+  assert list(evaluator().specs) == ["coco_5k", "dev"]
   # ... unless the config asks for export_at_end (then at the last step only).
   config.export_at_end = True
-  everything = evaluate.Evaluator(trainer)
+  everything = evaluator()
   assert list(everything.due(10)) == ["coco_5k", "dev"]
   assert list(everything.due(13, final=True)) == ["coco_5k", "dev", "export_dev",
                                                   "export_testall"]
   config.evals.hc.optional = False
   with pytest.raises(ValueError, match="split 'hierarcaps' is not in the data"):
-    evaluate.Evaluator(trainer)
+    evaluator()

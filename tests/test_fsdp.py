@@ -20,25 +20,21 @@ STEPS = 3
 def _worker(out_path, workdir):
   """Runs in a process with 8 CPU devices; writes losses, params and specs to `out_path`."""
   # pylint: disable=g-import-not-at-top
-  import functools
   import jax
-  from ditm_jax import bench, train
-  from ditm_jax import step as step_lib
+  from configs import demo
+  from ditm_jax import train
 
   out = {}
   for fsdp in (False, True):
-    config = bench.load_config("demo", "tiny")
+    config = demo.get_config("tiny")
     config.mesh.fsdp = fsdp
     config.mesh.fsdp_min_size = 1024
     trainer = train.Trainer(config, f"{workdir}/{fsdp}")
     state = trainer.initial_state()
-    step_fn = jax.jit(functools.partial(step_lib.train_step, model=trainer.model,
-                                        tx=trainer.tx, config=config, mesh=trainer.mesh),
-                      in_shardings=(trainer.state_sharding, trainer.batch_sharding),
-                      out_shardings=(trainer.state_sharding, None), donate_argnums=(0,))
+    setup = trainer.setup
     losses = []
     for _, local in zip(range(STEPS), trainer.data.train.batches(config, 0)):
-      state, metrics = step_fn(state, sharding.global_batch(trainer.batch_sharding, local))
+      state, metrics = setup.step(state, sharding.global_batch(setup.batch_sharding, local))
       losses.append(float(metrics["train/loss"]))
     flat = jax.tree_util.tree_flatten_with_path(state)[0]
     out[str(fsdp)] = {

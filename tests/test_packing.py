@@ -1,4 +1,5 @@
-"""Packing (models/packing.py): BERT on its valid tokens, the region tower on kept regions."""
+"""Packed towers (models/packed.py, models/packing.py): BERT on its valid tokens, the region
+tower on kept regions, equal to the plain towers."""
 import pathlib
 
 import jax
@@ -9,6 +10,7 @@ import pytest
 from ditm_jax.models import bert
 from ditm_jax.models import encoders
 from ditm_jax.models import model as model_lib
+from ditm_jax.models import packed as packed_lib
 from ditm_jax.models import packing
 from ditm_jax.data import tokenizer
 
@@ -95,7 +97,7 @@ def test_packed_bert_tower_equals_the_padded_one(bert_tower_inputs, capacity):
   config, params, ids, mask = bert_tower_inputs
   assert 0.2 * mask.size < int(mask.sum()) <= 0.75 * mask.size
   padded = encoders.BertTextEncoder(config, embed_dim=24)
-  packed = encoders.BertTextEncoder(config, embed_dim=24, token_capacity=capacity)
+  packed = packed_lib.PackedBertTextEncoder(config, embed_dim=24, capacity=capacity)
   _assert_same_value_and_grads(padded, packed, params, ids, mask)
   # The padded positions' token ids change nothing.
   apply = jax.jit(packed.apply)
@@ -107,11 +109,15 @@ def test_build_reads_the_capacities():
   from configs import demo  # pylint: disable=g-import-not-at-top
   c = demo.get_config("tiny")
   c.model.text, c.model.bert_path, c.data.max_tokens = "bert", str(BERT_DIR), 16
-  model = model_lib.build(c, vocab_size=10)
-  assert (model.text_tower.token_capacity, model.image_tower.region_capacity) == (0.75, 0.0)
+  model = model_lib.build(c, vocab_size=10)  # tiny: plain regions, packed BERT at 0.75
+  assert type(model.text_tower) is packed_lib.PackedBertTextEncoder
+  assert model.text_tower.capacity == 0.75
+  assert type(model.image_tower) is encoders.RegionEncoder
   c.model.text_token_capacity, c.model.region_capacity = 0.0, 0.85
   model = model_lib.build(c, vocab_size=10)
-  assert (model.text_tower.token_capacity, model.image_tower.region_capacity) == (0.0, 0.85)
+  assert type(model.text_tower) is encoders.BertTextEncoder
+  assert type(model.image_tower) is packed_lib.PackedRegionEncoder
+  assert model.image_tower.capacity == 0.85
 
 
 @pytest.mark.parametrize("drop", [0.3, 0.0])  # 0.0 keeps every region: the padded path
@@ -121,7 +127,7 @@ def test_region_tower_on_kept_regions_equals_padded(drop):
   mask = rng.random((6, 10)) >= drop
   mask[:, 0] = True
   padded = encoders.RegionEncoder(embed_dim=12, mlp_hidden=8)
-  packed = encoders.RegionEncoder(embed_dim=12, mlp_hidden=8, region_capacity=0.8)
+  packed = packed_lib.PackedRegionEncoder(embed_dim=12, mlp_hidden=8, capacity=0.8)
   params = jax.jit(padded.init)(jax.random.key(1), regions, mask)["params"]
   # The same parameters, by name and shape, whichever layout runs.
   assert jax.tree.map(jnp.shape, jax.jit(packed.init)(jax.random.key(1), regions, mask)[
@@ -148,12 +154,14 @@ def test_fits_checks_each_devices_rows_as_numpy_does(shards):
   assert bool(packing.fits(mask, 0.5, 1)) and not bool(packing.fits(mask, 0.5, 2))
 
 
-def _dual_encoder(bert_config, region_capacity=0.8, token_capacity=0.75):
+def _dual_encoder(bert_config, packed=True):
+  if packed:
+    return model_lib.DualEncoder(
+        image_tower=packed_lib.PackedRegionEncoder(embed_dim=12, mlp_hidden=8, capacity=0.8),
+        text_tower=packed_lib.PackedBertTextEncoder(bert_config, embed_dim=12, capacity=0.75))
   return model_lib.DualEncoder(
-      image_tower=encoders.RegionEncoder(embed_dim=12, mlp_hidden=8,
-                                         region_capacity=region_capacity),
-      text_tower=encoders.BertTextEncoder(bert_config, embed_dim=12,
-                                          token_capacity=token_capacity))
+      image_tower=encoders.RegionEncoder(embed_dim=12, mlp_hidden=8),
+      text_tower=encoders.BertTextEncoder(bert_config, embed_dim=12))
 
 
 def _batch(rows=16, regions_kept=7, token_lengths=(4, 10), seed=0):
@@ -174,7 +182,7 @@ def test_select_packing_packs_only_when_every_device_fits(bert_tower_inputs):
   config = bert_tower_inputs[0]
   model = _dual_encoder(config)
   which = lambda batch, shards: tuple(np.asarray(jax.jit(
-      lambda b: model_lib.select_packing(
+      lambda b: packed_lib.select_packing(
           model, lambda m: jnp.array([m.image_tower.pack, m.text_tower.pack]), b, shards))(
               batch)))
   batch = _batch()  # 7 of 10 regions (buffer 0.8), at most 10 of 16 tokens (0.75)
@@ -188,8 +196,8 @@ def test_select_packing_packs_only_when_every_device_fits(bert_tower_inputs):
   texts = {k: batch[k] for k in ("tokens", "token_mask")}
   assert which(dict(texts), 1) == (True, True)
   # Nothing packs: no cond, the model itself.
-  unpacked = _dual_encoder(config, 0.0, 0.0)
-  assert model_lib.select_packing(unpacked, lambda m: m, batch) is unpacked
+  unpacked = _dual_encoder(config, packed=False)
+  assert packed_lib.select_packing(unpacked, lambda m: m, batch) is unpacked
 
 
 def _sharded_step_worker(out_path):
@@ -208,7 +216,7 @@ def _sharded_step_worker(out_path):
   batches = [_batch(seed=s) for s in range(2)]
   out = {}
   for name, mesh, model in (
-      ("padded", None, _dual_encoder(bert_config, 0.0, 0.0)),
+      ("padded", None, _dual_encoder(bert_config, packed=False)),
       ("packed", sharding.make_mesh(config), _dual_encoder(bert_config))):
     tx = step_lib.make_optimizer(config)
     init = functools.partial(step_lib.init_state, model, tx, batches[0])
@@ -224,7 +232,7 @@ def _sharded_step_worker(out_path):
       losses.append(float(metrics["train/loss"]))
     out[name] = {"losses": losses, "devices": 1 if mesh is None else mesh.devices.size,
                  "params": [np.asarray(x).tolist() for x in jax.tree.leaves(state.params)]}
-  packs = jax.jit(lambda b: model_lib.select_packing(
+  packs = jax.jit(lambda b: packed_lib.select_packing(
       _dual_encoder(bert_config), lambda m: m.text_tower.pack, b, 8))(batches[1])
   out["packed"]["took_packed_branch"] = bool(packs)
   with open(out_path, "w") as f:

@@ -5,14 +5,12 @@ import re
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from configs import demo
 from ditm_jax import step as step_lib
 from ditm_jax.models import bert
-from ditm_jax.models import config_fields
 from ditm_jax.models import encoders
 from ditm_jax.models import gpo
 from ditm_jax.models import model as model_lib
@@ -215,10 +213,3 @@ def test_vit_tower_on_real_jpegs(shared_data):
   # Float pixels in [0, 255] are read like uint8 ones.
   as_float = embed(merged, {**batch, "pixels": pixels.astype(np.float32)})
   np.testing.assert_allclose(as_float, img, atol=1e-6)
-
-
-def test_add_model_fields_keeps_values_already_set():
-  c = ml_collections.ConfigDict({"model": {"text_lr_mult": 0.5}})
-  config_fields.add_model_fields(c)
-  assert c.model.text_lr_mult == 0.5 and c.model.bert_path == "" and c.data.image_size == 224
-  assert not c.model.freeze_text_backbone and c.model.image_lr_mult == 0.1

@@ -1,5 +1,5 @@
 """ditm_jax.workdir: the lock, the run's identity and the walk back over damaged checkpoints;
-and a metrics.jsonl torn by a kill (evaluate.MetricsWriter). In process, no training (the
+and a metrics.jsonl torn by a kill (metrics.MetricsWriter). In process, no training (the
 same behaviour through `python -m ditm_jax.main`: test_misuse.py)."""
 import json
 import os
@@ -10,7 +10,7 @@ import ml_collections
 import pytest
 
 from configs import demo
-from ditm_jax import evaluate
+from ditm_jax import metrics
 from ditm_jax import workdir as wd
 
 # ---------------------------------------------------------------- lock
@@ -183,7 +183,7 @@ def test_set_aside_moves_never_deletes_and_needs_an_intact_one(tmp_path, capsys)
 
 
 def test_a_torn_last_metrics_line_is_dropped_and_the_file_continued(tmp_path):
-  writer = evaluate.MetricsWriter(str(tmp_path))
+  writer = metrics.MetricsWriter(str(tmp_path))
   for step in (10, 20, 30):
     writer.write(step, {"train/loss": 1.0})
   path = tmp_path / "metrics.jsonl"

@@ -14,7 +14,6 @@ import jax.numpy as jnp
 
 from ditm_jax.models import bert as bert_lib
 from ditm_jax.models import layers
-from ditm_jax.models import packing as packing_lib
 from ditm_jax.models import vit as vit_lib
 from ditm_jax.models.gpo import GPO
 
@@ -27,35 +26,26 @@ def l2_normalize(x, eps=1e-8):
 class RegionEncoder(nn.Module):
   """Precomputed regions (B, R, F): linear F->D plus a two-layer MLP residual, GPO.
 
-  `region_capacity` > 0 runs the linear and MLP on the kept regions only (training drops
-  `data.region_drop` of them), packed into that fraction of the B x R positions; a batch with
-  more regions (evaluation keeps all) takes the padded path, so only speed depends on it.
-  `pack`: None decides per batch on device (`nn.cond`); True packs (the caller has checked
-  that the batch fits, as `model.select_packing` does); False never packs.
+  `packing.PackedRegionEncoder` runs the same layers on the kept regions only (opt-in).
   """
   inputs: ClassVar[tuple[str, ...]] = ("regions", "region_mask")
   embed_dim: int
   mlp_hidden: int
-  region_capacity: float = 0.0
-  pack: bool | None = None
   dtype: Any = jnp.float32
+
+  def project(self, mdl: nn.Module, x: jax.Array) -> jax.Array:
+    """The row-wise layers (parameters under `mdl`): rows (..., F) -> (..., D)."""
+    x = x.astype(self.dtype)
+    linear = layers.Dense(self.embed_dim, dtype=self.dtype, name="fc", parent=mdl)(x)
+    h = nn.relu(layers.Dense(self.mlp_hidden, dtype=self.dtype, name="mlp_in", parent=mdl)(x))
+    return linear + layers.Dense(self.embed_dim, dtype=self.dtype, name="mlp_out", parent=mdl)(h)
+
+  def pool(self, mdl: nn.Module, x: jax.Array, mask: jax.Array) -> jax.Array:
+    return l2_normalize(GPO(dtype=self.dtype, name="gpo", parent=mdl)(x, mask))
 
   @nn.compact
   def __call__(self, regions, mask):
-    def project(mdl, regions, packing):
-      x = regions.astype(self.dtype)
-      x = x if packing is None else packing.pack(x)
-      linear = layers.Dense(self.embed_dim, dtype=self.dtype, name="fc", parent=mdl)(x)
-      h = nn.relu(layers.Dense(self.mlp_hidden, dtype=self.dtype, name="mlp_in", parent=mdl)(x))
-      h = layers.Dense(self.embed_dim, dtype=self.dtype, name="mlp_out", parent=mdl)(h)
-      return linear + h if packing is None else packing.unpack(linear + h, *mask.shape)
-    x = packing_lib.packed_or_padded(self, project, mask, self.region_capacity, regions,
-                                      pack=self.pack)
-    return l2_normalize(GPO(dtype=self.dtype, name="gpo")(x, mask))
-
-  def packed_masks(self) -> dict[str, float]:
-    """{batch entry: fraction} of the mask this tower packs (`model.select_packing`)."""
-    return {"region_mask": self.region_capacity}
+    return self.pool(self, self.project(self, regions), mask)
 
 
 class BiGRUTextEncoder(nn.Module):
@@ -86,44 +76,37 @@ class BertTextEncoder(nn.Module):
 
   The valid tokens are those of `mask` (B, L), i.e. [CLS], the WordPieces and [SEP], as in
   VSE-infinity. Dropout is off (deterministic BERT). `freeze_backbone` stops the gradient at
-  the BERT output, so a frozen BERT costs no backward pass.
-
-  `token_capacity` > 0 runs BERT on the packed valid tokens only (`packing.Packing`): a
-  buffer of that fraction of the B x L positions. A batch with more valid tokens than fit
-  takes the padded path instead (`nn.cond`), so the result never depends on the capacity,
-  only the speed does. 0 keeps the padded path alone. `pack`: None decides per batch on
-  device (`nn.cond`); True packs (the caller has checked that the batch fits, as
-  `model.select_packing` does); False never packs.
+  the BERT output, so a frozen BERT costs no backward pass. `packing.PackedBertTextEncoder`
+  runs BERT on the valid tokens only (opt-in).
   """
   inputs: ClassVar[tuple[str, ...]] = ("tokens", "token_mask")
   backbone: ClassVar[str] = "bert"
   bert_config: bert_lib.BertConfig
   embed_dim: int
   freeze_backbone: bool = False
-  token_capacity: float = 0.0
-  pack: bool | None = None
   dtype: Any = jnp.float32
+
+  def encode(self, mdl: nn.Module, tokens: jax.Array, mask: jax.Array, packing=None) -> jax.Array:
+    """BERT and the projection (parameters under `mdl`): (B, L) ids -> (B, L, D) features.
+
+    `packing` (a `packing.Packing` of `mask`) runs both on the valid tokens only.
+    """
+    bert = bert_lib.BertModel(self.bert_config, dtype=self.dtype, name=self.backbone,
+                              parent=mdl)
+    h = bert(tokens, mask, packing=packing, unpack=False)  # packed: (C, hidden) rows
+    if self.freeze_backbone:
+      h = jax.lax.stop_gradient(h)
+    # Row-wise, on 2-D rows (plain matmuls for the weight gradient, see transformer.Mlp).
+    x = layers.Dense(self.embed_dim, dtype=self.dtype, name="fc", parent=mdl)(
+        h.reshape(-1, h.shape[-1]))
+    return x.reshape(*mask.shape, -1) if packing is None else packing.unpack(x, *mask.shape)
+
+  def pool(self, mdl: nn.Module, x: jax.Array, mask: jax.Array) -> jax.Array:
+    return l2_normalize(GPO(dtype=self.dtype, name="gpo", parent=mdl)(x, mask))
 
   @nn.compact
   def __call__(self, tokens, mask):
-    def encode(mdl, tokens, mask, packing):
-      bert = bert_lib.BertModel(self.bert_config, dtype=self.dtype, name=self.backbone,
-                                parent=mdl)
-      h = bert(tokens, mask, packing=packing, unpack=False)  # packed: (C, hidden) rows
-      if self.freeze_backbone:
-        h = jax.lax.stop_gradient(h)
-      # The projection is row-wise too, so it runs on the packed rows; padded, on (B*L, hidden)
-      # rows (2-D: plain matmuls for the weight gradient, see transformer.Mlp).
-      x = layers.Dense(self.embed_dim, dtype=self.dtype, name="fc", parent=mdl)(
-          h.reshape(-1, h.shape[-1]))
-      return x.reshape(*mask.shape, -1) if packing is None else packing.unpack(x, *mask.shape)
-    x = packing_lib.packed_or_padded(self, encode, mask, self.token_capacity, tokens, mask,
-                                      pack=self.pack)
-    return l2_normalize(GPO(dtype=self.dtype, name="gpo")(x, mask))
-
-  def packed_masks(self) -> dict[str, float]:
-    """{batch entry: fraction} of the mask this tower packs (`model.select_packing`)."""
-    return {"token_mask": self.token_capacity}
+    return self.pool(self, self.encode(self, tokens, mask), mask)
 
 
 class ViTImageEncoder(nn.Module):

@@ -1,13 +1,14 @@
 """The dual encoder: an image tower and a text tower chosen by config.
 
-Towers: `config.model.image = 'regions' | 'vit'`, `config.model.text = 'bigru' | 'bert'`
-(fields of the pretrained backbones: `config_fields.add_model_fields`). Pretrained backbones
+Towers: `config.model.image = 'regions' | 'vit'`, `config.model.text = 'bigru' | 'bert'`;
+with a packing capacity above 0 the regions and BERT towers are their packed form
+(`packed.py`, same parameters and values). Pretrained backbones
 enter after the random initialisation: `pretrained_params(config)` loads them on the host and
 `merge_pretrained(params, pretrained)` copies them into the initialised parameters, keeping
 their shardings; a restored checkpoint is used as it is.
 """
 
-import functools
+import dataclasses
 from typing import Any, Callable, Mapping
 
 from flax import traverse_util
@@ -19,7 +20,7 @@ import numpy as np
 from ditm_jax.models import bert as bert_lib
 from ditm_jax.models import encoders
 from ditm_jax.models import hf_import
-from ditm_jax.models import packing
+from ditm_jax.models import packed
 from ditm_jax.models import vit as vit_lib
 
 # Optimizer group -> parameter path of a pretrained backbone.
@@ -59,30 +60,6 @@ def _inputs(tower, batch):
   return [batch[k] for k in tower.inputs]
 
 
-def select_packing(model: DualEncoder, fn: Callable[[DualEncoder], Any], batch: Mapping[str, Any],
-                   shards: int = 1) -> Any:
-  """`fn(model')`, `model'` being `model` with its towers packing (when every packed mask of
-  `batch` fits, on each of the `shards` devices that embed its row blocks) or padded.
-
-  One `lax.cond` for the whole of `fn` (the forward and backward passes of a train step), in
-  place of each tower's own `nn.cond`. Both branches compute the same values; only speed
-  differs. `batch` holds global arrays, so the predicate is the same on every device and
-  process. Towers that pack nothing here leave `fn(model)`, with no cond.
-  """
-  packers = {name: getattr(model, name) for name in ("image_tower", "text_tower")
-             if hasattr(getattr(model, name), "packed_masks")}  # towers with a `pack` field
-  masks = {k: f for tower in packers.values() for k, f in tower.packed_masks().items()
-           if k in batch and packing.packs((batch[k].shape[0] // shards, batch[k].shape[1]), f)}
-  if not masks:
-    return fn(model)
-
-  def variant(pack):
-    return model.clone(**{name: tower.clone(pack=pack) for name, tower in packers.items()})
-  all_fit = functools.reduce(jnp.logical_and, [packing.fits(batch[k], f, shards)
-                                               for k, f in masks.items()])
-  return jax.lax.cond(all_fit, lambda: fn(variant(True)), lambda: fn(variant(False)))
-
-
 def image_inputs(config) -> tuple[str, ...]:
   """The batch entries the image tower reads: ('regions', 'region_mask') or ('pixels',)."""
   return _image_tower_class(config.model.image).inputs
@@ -96,7 +73,7 @@ def _image_tower_class(name):
 
 
 def _checkpoint_path(config, field: str, tower: str) -> str:
-  path = config.model.get(field, "")
+  path = config.model[field]
   if not path:
     raise ValueError(
         f"config.model.{tower} needs config.model.{field}: a checkpoint directory "
@@ -121,7 +98,7 @@ def vit_config(config) -> vit_lib.ViTConfig:
   """The architecture and pixel normalisation of the checkpoint at `config.model.vit_path`."""
   directory = hf_import.resolve_checkpoint_dir(_checkpoint_path(config, "vit_path", "image"))
   cfg = vit_lib.load_config(directory)
-  size = config.data.get("image_size", None)
+  size = config.data.image_size
   if size != cfg.image_size:
     raise ValueError(
         f"config.data.image_size={size} differs from the image_size {cfg.image_size} of the ViT "
@@ -133,24 +110,30 @@ def build(config, vocab_size: int, dtype: Any = jnp.float32) -> DualEncoder:
   """The model described by `config.model` (towers chosen by name), computing in `dtype`."""
   m = config.model
   if _image_tower_class(m.image) is encoders.RegionEncoder:
-    image = encoders.RegionEncoder(embed_dim=m.embed_dim, mlp_hidden=m.mlp_hidden,
-                                   region_capacity=m.get("region_capacity", 0.0), dtype=dtype)
+    image = encoders.RegionEncoder(embed_dim=m.embed_dim, mlp_hidden=m.mlp_hidden, dtype=dtype)
+    if m.region_capacity > 0:
+      image = packed.PackedRegionEncoder(**_fields(image), capacity=m.region_capacity)
   else:
     image = encoders.ViTImageEncoder(vit_config(config), embed_dim=m.embed_dim,
-                                     freeze_backbone=m.get("freeze_image_backbone", False),
-                                     dtype=dtype)
+                                     freeze_backbone=m.freeze_image_backbone, dtype=dtype)
   if m.text == "bigru":
     text = encoders.BiGRUTextEncoder(vocab_size=vocab_size, embed_dim=m.embed_dim,
                                      word_dim=m.word_dim, dtype=dtype)
   elif m.text == "bert":
     text = encoders.BertTextEncoder(bert_config(config), embed_dim=m.embed_dim,
-                                    freeze_backbone=m.get("freeze_text_backbone", False),
-                                    token_capacity=m.get("text_token_capacity", 0.0),
-                                    dtype=dtype)
+                                    freeze_backbone=m.freeze_text_backbone, dtype=dtype)
+    if m.text_token_capacity > 0:
+      text = packed.PackedBertTextEncoder(**_fields(text), capacity=m.text_token_capacity)
   else:
     raise ValueError(f"config.model.text={m.text!r} is not known; use 'bigru' or 'bert'")
   return DualEncoder(image_tower=image, text_tower=text,
                      init_temperature=config.loss.temperature)
+
+
+def _fields(tower: nn.Module) -> dict[str, Any]:
+  """The dataclass fields of an unbound tower (to build its packed form with the same)."""
+  return {f.name: getattr(tower, f.name) for f in dataclasses.fields(tower)
+          if f.name not in ("parent", "name")}
 
 
 def backbone_group(path: Path) -> str | None:

@@ -1,5 +1,7 @@
 """Packing: run per-token (or per-region) layers on the valid positions of a padded batch only.
 
+The primitives; the packed towers that use them are in `packed.py`.
+
 A (B, L) mask's True positions are gathered into a buffer of C rows; row-wise layers (dense,
 layer norm, MLP) run on those rows, and the results are scattered back to (B, L) with zeros
 at the padding. Callers pick C as a fraction of B x L (`capacity`) and take their padded path
@@ -101,9 +103,8 @@ def packed_or_padded(mdl: nn.Module, fn: Callable[..., Any], mask: jax.Array, fr
 
   `pack` True skips the check (the caller has made sure that the batch fits: `fits`) and
   False runs the padded form alone. The `nn.cond` of the default (None) costs time even when
-  the fallback never runs, so the train step and evaluation decide once, outside the towers
-  (`model.select_packing`): the reference step of `python -m ditm_jax.bench` took 1.29-1.31 s
-  that way against 1.41-1.44 s with the towers' own conds (2 CPU cores, same process).
+  the fallback never runs, so the train step and evaluation decide once for the whole model
+  (`packed.select_packing`).
   """
   if pack is False or not packs(mask.shape, fraction) or mdl.is_mutable_collection(
       "intermediates"):
