@@ -10,7 +10,7 @@ to image n // K; d[n] in [0, 1] is caption n's descriptiveness. With S = img @ t
 
 The six public functions (`similarity`, `positive_mask`, `relaxation`, `infonce_loss`,
 `triplet_loss`, `ordering_loss`) keep DESIGN §3's meaning. The `ditm` presets use InfoNCE with
-two more terms, chosen by a multi-seed study on two worlds (README, "Results"):
+two more terms, chosen by a multi-seed study on two worlds (configs/README.md):
 
   Budget ρ (loss.relax_budget): per row, r_b[i] = r[i] min(1, ρ |P_i| / Σ_n r[i, n]); per
     column the same for r'. Without it, relaxed negatives can outweigh the positives and pull

@@ -10,8 +10,7 @@ The weighted sum over the sorted values is computed without sorting: each value'
 descending rank among its set is counted by comparisons (`descending_ranks`, ties
 broken by position), and value i contributes `x_i * w[rank_i]`. That is the same sum
 (and the same gradients: d/dx_i = w[rank_i]) as `sort_pool`, the sort-based reference
-form; with XLA:CPU's comparator sort, GPO's fwd+bwd on (128, 36, 1024) took 0.51 s
-instead of 0.08 s on 2 CPU cores (`python -m ditm_jax.bench`, "GPO fwd+bwd" rows).
+form, without XLA:CPU's slow comparator sort (`python -m ditm_jax.bench`, "GPO fwd+bwd").
 """
 
 from typing import Any
@@ -43,8 +42,7 @@ class GPO(nn.Module):
     lengths = mask.sum(-1).astype(jnp.int32)
     # The weights depend on a set's size only: with fewer possible sizes (0..n) than sets,
     # the GRU runs once per size and each set takes its size's row (the same values; the
-    # parameters' gradients are summed in another order). The reference image tower's GRU
-    # fwd+bwd: 5.3 ms for 37 rows against 14.0 ms for 128 sets (2 CPU cores).
+    # parameters' gradients are summed in another order).
     by_size = n + 1 < b
     sizes = jnp.arange(n + 1, dtype=jnp.int32) if by_size else lengths
     pe = jnp.broadcast_to(positional_encoding(n, self.pe_dim), (sizes.shape[0], n, self.pe_dim))
@@ -69,11 +67,8 @@ def descending_ranks(features, mask):
   so every rank 0..N-1 appears once per (b, d). The count runs as a loop over the N
   positions (one fused compare-and-add per step): written as one expression, XLA fuses
   the comparisons into the consumer's gather and recomputes them per element. The ranks
-  are uint8 for N <= 256 (int32 beyond): a quarter of the memory traffic per step, ranks
-  of (128, 36, 1024) in 16 ms instead of 27 ms on 2 CPU cores. Four positions per loop
-  step (`unroll`) read and write the counts a quarter as often: the reference image tower's
-  fwd+bwd took 0.479 s against 0.491 s one position per step (medians of 8 interleaved
-  rounds).
+  are uint8 for N <= 256 (int32 beyond), a quarter of the memory traffic per step, and four
+  positions per loop step (`unroll`) read and write the counts a quarter as often.
   """
   n = features.shape[1]
   low = jnp.finfo(features.dtype).min
@@ -104,9 +99,8 @@ _SELECT_MAX = 64
 def _weights_by_rank(weights, ranks):
   """(B, N, D): weights[b, ranks[b, i, d]], the weight of each value.
 
-  For N <= 64 a chain of N compare-and-selects in one fused loop: inside GPO, XLA:CPU wrote
-  the vmapped gather's (b, rank) index pairs to memory first (4.7M int32 pairs for the
-  reference image tower, ~13 ms) before gathering.
+  For N <= 64 a chain of N compare-and-selects in one fused loop: for a vmapped gather,
+  XLA:CPU writes every (b, rank) index pair to memory before gathering.
   """
   n = weights.shape[1]
   if n > _SELECT_MAX:
@@ -120,8 +114,8 @@ def _weights_by_rank(weights, ranks):
 def _add_by_rank(y, ranks):
   """(B, N): sum of y[b, i, d] over the (i, d) with ranks[b, i, d] == k, for each k.
 
-  One scatter-add per set (`lax.map` over the batch): the vmapped scatter first wrote (b, rank)
-  index pairs to memory, and took 31 ms against 11 ms for (128, 36, 1024) on 2 CPU cores.
+  One scatter-add per set (`lax.map` over the batch): a vmapped scatter would first write
+  every (b, rank) index pair to memory.
   """
   n = y.shape[1]
   add = lambda yr: jnp.zeros((n,), y.dtype).at[yr[1].ravel()].add(yr[0].ravel())
@@ -132,11 +126,9 @@ def _add_by_rank(y, ranks):
 def _pool_by_rank(values, ranks, weights):
   """sum_i values[b, i, d] * weights[b, ranks[b, i, d]] over i: (B, D).
 
-  The backward pass reuses the forward's per-value weights for the values' gradient and
-  adds each value's share to its rank's weight with one scatter-add per set. With autodiff of
-  the same expression the reference image tower's fwd+bwd took 0.510 s against 0.491 s (2 CPU
-  cores, medians of 8 interleaved rounds). `rank_pool`'s fwd+bwd on (128, 36, 1024): 74 ms
-  with a vmapped gather and scatter, 52 ms with the selects and per-set scatters.
+  The backward pass reuses the forward's per-value weights for the values' gradient
+  (autodiff would rebuild them) and adds each value's share to its rank's weight with one
+  scatter-add per set.
   """
   return jnp.sum(values * _weights_by_rank(weights, ranks), axis=1)
 

@@ -20,9 +20,7 @@ def _gelu(x: jax.Array) -> jax.Array:
   """Exact GELU as PyTorch computes it, x/2 (1 + erf(x/sqrt(2))).
 
   `jax.nn.gelu(approximate=False)` uses the erfc form, more accurate where x << 0 (values below
-  1e-6 in magnitude; the two differ by at most 1e-6) and slower on XLA:CPU: the reference train
-  step of `python -m ditm_jax.bench` took 1.20-1.27 s with this form against 1.23-1.27 s (five
-  interleaved rounds, 2 CPU cores).
+  1e-6 in magnitude; the two differ by at most 1e-6) and slower on XLA:CPU.
   """
   return 0.5 * x * (1 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
 
@@ -95,8 +93,8 @@ class Mlp(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     dense = functools.partial(layers.Dense, kernel_init=self.kernel_init, dtype=self.dtype,
                               param_dtype=self.param_dtype)
-    # (B*L, F) rows: with a 2-D operand XLA:CPU runs the weight gradients as plain matmuls
-    # (3-D operands were first transposed into copies); BERT fwd+bwd 0.89 -> 0.79 s at 128x32.
+    # (B*L, F) rows: with a 2-D operand XLA:CPU runs the weight gradients as plain matmuls,
+    # where 3-D operands are first transposed into copies.
     flat = x.reshape(-1, x.shape[-1])
     h = activation(self.activation)(dense(self.hidden_features, name="fc1")(flat))
     return dense(x.shape[-1], name="fc2")(h).reshape(x.shape)
