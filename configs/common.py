@@ -223,3 +223,30 @@ def parse_arg(arg, keys, flags=("tiny",), config="the config"):
       raise ValueError(f"unknown {config} argument {part!r}; use "
                        + ", ".join([f"{k}=<value>" for k in keys] + list(flags)))
   return values, found
+
+
+# Sub-dicts whose keys each config chooses (its evaluations, its split names).
+FREE = ("evals", "data.karpathy_splits")
+
+
+def fields(config):
+  """The dotted names of `config`'s fields, less those inside FREE."""
+  out = set()
+
+  def walk(prefix, node):
+    for key, value in node.items():
+      name = prefix + key
+      if name in FREE:
+        continue
+      if isinstance(value, ml_collections.ConfigDict):
+        walk(name + ".", value)
+      else:
+        out.add(name)
+  walk("", config)
+  return out
+
+
+def missing_fields(config):
+  """The base fields `config` lacks (a config not built on `base_config()`), sorted."""
+  return sorted(fields(base_config()) - fields(config))
+

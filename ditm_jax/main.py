@@ -65,7 +65,13 @@ def _maybe_initialize_distributed():
 def _validate(config):
   """The config's constraints (ditm_jax/validate.py), before any work: exit 2 on a violation."""
   import jax  # pylint: disable=g-import-not-at-top
+  from configs import common  # pylint: disable=g-import-not-at-top
   from ditm_jax import validate  # pylint: disable=g-import-not-at-top
+  missing = common.missing_fields(config)
+  if missing:
+    print(f"error: the config lacks field(s) {', '.join(missing)}; build it on "
+          "configs/common.py:base_config(), which holds every field", file=sys.stderr)
+    sys.exit(2)
   try:
     notes = validate.check(config, jax.device_count())
   except validate.ConfigError as e:

@@ -1,7 +1,7 @@
 """The config checked once, before any work: one line per violated constraint.
 
-`check(config, devices)` reads every field of `FIELDS` that the config has (configs differ:
-the demo has no `data.token_drop`) and every rule of `RULES`, and raises `ConfigError`
+`check(config, devices)` reads every field of `FIELDS` and every rule of `RULES` (`main` has
+checked before that the config holds every field of configs/common.py), and raises `ConfigError`
 with one line per violation (the field, its value, the fix); `main` prints them and exits
 with status 2. Warm-ups longer than the run are not errors: `check` returns a note for each
 (the learning-rate warm-up is clamped by `step.lr_schedule`).

@@ -9,22 +9,23 @@ from configs import coco
 from configs import common
 from configs import demo
 from configs import f30k
-from ditm_jax import workdir
 
-# Sub-dicts whose keys a config chooses (split and evaluation names).
-_FREE = ("evals.", "data.karpathy_splits.")
 CONFIGS = [(demo, None), (demo, "tiny"), (demo, "variant=baseline_vse"), (coco, None),
            (coco, "text=bert,img=pixels,variant=no_order,tiny"), (f30k, "variant=ditm_soft"),
            (f30k, "tiny")]
 
 
-def _fields(config):
-  return {k for k in workdir.flat(config) if not k.startswith(_FREE) and k != "evals"}
-
-
 @pytest.mark.parametrize("module,arg", CONFIGS)
 def test_every_config_has_exactly_the_base_fields(module, arg):
-  assert _fields(module.get_config(arg)) == _fields(common.base_config())
+  assert common.fields(module.get_config(arg)) == common.fields(common.base_config())
+
+
+def test_a_config_without_a_base_field_is_named():
+  c = demo.get_config("tiny")
+  del c.loss["relax_budget"]
+  del c.optim["schedule"]
+  assert common.missing_fields(c) == ["loss.relax_budget", "optim.schedule"]
+  assert common.missing_fields(coco.get_config()) == []
 
 
 def test_every_base_field_has_a_comment():
