@@ -12,7 +12,8 @@ import numpy as np
 import tensorflow as tf
 
 from ditm_jax import sharding
-from ditm_jax.data import pipeline
+from ditm_jax.data import memory
+from ditm_jax.data import plan
 from ditm_jax.evaluation import evaluators
 from ditm_jax.evaluation import plots
 from ditm_jax.models import model as model_lib
@@ -103,7 +104,7 @@ def _batched(trainer, params, method, arrays, batch_size=500):
     m = len(next(iter(chunk.values())))
     if m < bs:  # pad the last chunk to the fixed shape
       chunk = {k: np.concatenate([v, np.repeat(v[-1:], bs - m, 0)]) for k, v in chunk.items()}
-    rows = pipeline.host_rows(bs, jax.process_index(), jax.process_count())
+    rows = plan.host_rows(bs, jax.process_index(), jax.process_count())
     local = {k: v[rows] for k, v in chunk.items()}
     emb = fns[method](params, sharding.global_batch(trainer.batch_sharding, local))
     out.append(np.asarray(jax.device_get(emb))[:m])
@@ -154,7 +155,7 @@ class Embedder:
 
   def _embed(self, name, index):
     if (name, index) not in self._cache:
-      arrays = pipeline.eval_arrays(self.split(name), self.config.data.max_tokens)[index]
+      arrays = memory.eval_arrays(self.split(name), self.config.data.max_tokens)[index]
       method = ("embed_images", "embed_texts")[index]
       self._cache[name, index] = _batched(self.trainer, self.params, method, arrays)
     return self._cache[name, index]
