@@ -24,7 +24,8 @@ def test_sum_pmf_equals_enumeration():
     np.testing.assert_allclose(packing_stats.sum_pmf(pmf, units), _enumerated_sum(pmf, units),
                                atol=1e-14)
   # Unnormalised counts give the same distribution.
-  np.testing.assert_allclose(packing_stats.sum_pmf(pmf * 40, 3), _enumerated_sum(pmf, 3), atol=1e-14)
+  np.testing.assert_allclose(packing_stats.sum_pmf(pmf * 40, 3), _enumerated_sum(pmf, 3),
+                             atol=1e-14)
 
 
 @pytest.mark.parametrize("overflow", [0.5, 0.1, 0.01, 1e-3])
@@ -120,7 +121,8 @@ def test_derive_sets_the_fractions_of_the_packing_towers():
   lines = packing_stats.derive(config, _Stats(lengths, 10), data_devices=4)
   each = 1e-3 / (2 * 4)  # two packed masks, four devices
   units = 32 // 4
-  want_text = packing_stats.rows_for(packing_stats.caption_sum_counts(lengths, 20)["2"], units, each)
+  counts = packing_stats.caption_sum_counts(lengths, 20)["2"]
+  want_text = packing_stats.rows_for(counts, units, each)
   want_regions = packing_stats.rows_for(packing_stats.kept_regions_pmf(10, 0.2), units, each)
   assert config.model.text_token_capacity == want_text / (units * 2 * 20)
   assert config.model.region_capacity == want_regions / (units * 10)
