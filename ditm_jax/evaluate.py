@@ -9,7 +9,8 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from ditm_jax import sharding
-from ditm_jax.data import pipeline
+from ditm_jax.data import memory
+from ditm_jax.data import plan
 from ditm_jax.evaluation import evaluators
 from ditm_jax.evaluation import plots
 from ditm_jax.models import packed
@@ -63,7 +64,7 @@ class Embedding:
       m = len(next(iter(chunk.values())))
       if m < bs:  # pad the last chunk to the fixed shape
         chunk = {k: np.concatenate([v, np.repeat(v[-1:], bs - m, 0)]) for k, v in chunk.items()}
-      rows = pipeline.host_rows(bs, jax.process_index(), jax.process_count())
+      rows = plan.host_rows(bs, jax.process_index(), jax.process_count())
       local = {k: v[rows] for k, v in chunk.items()}
       emb = fn(params, sharding.global_batch(self.batch_sharding, local))
       out.append(np.asarray(jax.device_get(emb))[:m])
@@ -113,7 +114,7 @@ class Embedder:
 
   def _embed(self, name, index):
     if (name, index) not in self._cache:
-      arrays = pipeline.eval_arrays(self.split(name), self.config.data.max_tokens)[index]
+      arrays = memory.eval_arrays(self.split(name), self.config.data.max_tokens)[index]
       method = ("embed_images", "embed_texts")[index]
       self._cache[name, index] = self.embedding(self.params, method, arrays)
     return self._cache[name, index]

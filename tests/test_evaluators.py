@@ -10,7 +10,7 @@ import pytest
 from ditm_jax import evaluate
 from ditm_jax import metrics
 from ditm_jax.data import demo
-from ditm_jax.data import pipeline
+from ditm_jax.data import memory
 from ditm_jax.evaluation import cxc
 from ditm_jax.evaluation import evaluators
 from ditm_jax.evaluation import export
@@ -22,7 +22,7 @@ from ditm_jax.evaluation import recall
 def _split(image_ids, captions_per_image=5, captions=None, desc=None):
   n = len(image_ids)
   m = n * captions_per_image
-  return pipeline.Split(
+  return memory.Split(
       features=np.zeros((n, 1, 1), np.float32), tokens=np.zeros((m, 1), np.int32),
       lengths=np.ones(m, np.int32),
       desc=np.zeros(m, np.float32) if desc is None else np.asarray(desc, np.float32),

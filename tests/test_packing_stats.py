@@ -1,4 +1,4 @@
-"""Packing capacities from the data (ditm_jax.models.capacity) against brute force."""
+"""Packing capacities from the data (ditm_jax.data.packing_stats) against brute force."""
 import itertools
 import math
 
@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ditm_jax.data import pipeline
+from ditm_jax.data import memory
 from ditm_jax.data import packing_stats
 
 
@@ -24,7 +24,8 @@ def test_sum_pmf_equals_enumeration():
     np.testing.assert_allclose(packing_stats.sum_pmf(pmf, units), _enumerated_sum(pmf, units),
                                atol=1e-14)
   # Unnormalised counts give the same distribution.
-  np.testing.assert_allclose(packing_stats.sum_pmf(pmf * 40, 3), _enumerated_sum(pmf, 3), atol=1e-14)
+  np.testing.assert_allclose(packing_stats.sum_pmf(pmf * 40, 3), _enumerated_sum(pmf, 3),
+                             atol=1e-14)
 
 
 @pytest.mark.parametrize("overflow", [0.5, 0.1, 0.01, 1e-3])
@@ -65,22 +66,22 @@ def test_kept_regions_pmf_lists_the_pipelines_drop_patterns(regions, drop):
   for pattern in itertools.product([False, True], repeat=regions):  # True: dropped
     p = math.prod(drop if d else 1 - drop for d in pattern)
     pattern = list(pattern)
-    pattern[0] &= not all(pattern)  # pipeline.region_keep_mask keeps region 0 then
+    pattern[0] &= not all(pattern)  # plan.region_keep keeps region 0 then
     want[regions - sum(pattern)] += p
   np.testing.assert_allclose(packing_stats.kept_regions_pmf(regions, drop), want, atol=1e-15)
 
 
 def test_the_pipelines_batches_follow_the_derived_distribution():
-  """Token totals of sampled batches (pipeline.sample: K of C captions per image) and kept
-  regions (pipeline.region_keep_mask) against the distributions `derive` reads."""
+  """Token totals of sampled batches (memory.sample: K of C captions per image) and kept
+  regions (memory.region_keep_mask) against the distributions `derive` reads."""
   rng = np.random.default_rng(1)
   n, c, k, b, steps = 500, 5, 2, 16, 3000
   lengths = rng.integers(5, 25, (n, c))
   tokens, regions = [], []
   for step in range(steps):
-    images, slots = pipeline.sample(3, step, n, b, c, k)
+    images, slots = memory.sample(3, step, n, b, c, k)
     tokens.append(lengths[images[:, None], slots].sum())
-    regions.append(pipeline.region_keep_mask(3, step, b, 5, 0.5).sum())
+    regions.append(memory.region_keep_mask(3, step, b, 5, 0.5).sum())
   for observed, pmf in ((tokens, packing_stats.caption_sum_counts(lengths, 40)[str(k)]),
                         (regions, packing_stats.kept_regions_pmf(5, 0.5))):
     total = packing_stats.sum_pmf(pmf, b)
@@ -120,7 +121,8 @@ def test_derive_sets_the_fractions_of_the_packing_towers():
   lines = packing_stats.derive(config, _Stats(lengths, 10), data_devices=4)
   each = 1e-3 / (2 * 4)  # two packed masks, four devices
   units = 32 // 4
-  want_text = packing_stats.rows_for(packing_stats.caption_sum_counts(lengths, 20)["2"], units, each)
+  counts = packing_stats.caption_sum_counts(lengths, 20)["2"]
+  want_text = packing_stats.rows_for(counts, units, each)
   want_regions = packing_stats.rows_for(packing_stats.kept_regions_pmf(10, 0.2), units, each)
   assert config.model.text_token_capacity == want_text / (units * 2 * 20)
   assert config.model.region_capacity == want_regions / (units * 10)

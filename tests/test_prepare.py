@@ -9,7 +9,11 @@ import tensorflow as tf
 
 from ditm_jax import descriptiveness
 from ditm_jax.data import datasets
-from ditm_jax.data import pipeline
+from ditm_jax.data import augment
+from ditm_jax.data import eval_split
+from ditm_jax.data import images
+from ditm_jax.data import memory
+from ditm_jax.data import stream
 from ditm_jax.data import prepare
 from ditm_jax.data import records
 from ditm_jax.data import vocab as vocab_lib
@@ -126,8 +130,8 @@ def test_stream_resumes_exactly_without_replay(prepared):
   other_seed.seed = 1
   assert not np.array_equal(_stream(other_seed)[0]["image_ids"], full[0]["image_ids"])
   split = datasets.load(config).train
-  for ds in (pipeline.record_dataset(split, config, 0),  # see pipeline._untuned
-             pipeline.split_records(split.files, split.manifest, config)):
+  for ds in (stream.record_dataset(split, config, 0),  # see tfdata.untuned
+             eval_split.split_records(split.files, split.manifest, config)):
     assert ds.options().autotune.enabled is False
 
 
@@ -170,7 +174,7 @@ def test_region_drop_and_token_drop_in_the_stream(prepared):
 
 
 def _token_drop(tokens, lengths, rate, tokenizer, seed=(0, 1)):
-  out, n = pipeline.token_drop(tf.constant(tokens), tf.constant(lengths), rate,
+  out, n = augment.token_drop(tf.constant(tokens), tf.constant(lengths), rate,
                                tf.constant(seed, tf.int64), tokenizer)
   return out.numpy(), n.numpy()
 
@@ -220,9 +224,9 @@ def test_karpathy_json_with_images_gives_pixels(tmp_path, coco_captions):
   assert test.features.shape == (2, 16, 16, 3) and test.features.dtype == np.uint8
   assert test.image_key == "pixels" and list(test.image_ids) == [1010, 1011]
   jpeg = (raw / "val2014" / "COCO_val2014_000000000010.jpg").read_bytes()
-  np.testing.assert_array_equal(test.features[0], pipeline.decode_images(
+  np.testing.assert_array_equal(test.features[0], images.decode_images(
       tf.constant([jpeg]), 16).numpy()[0])
-  assert pipeline.eval_arrays(test, 32)[0].keys() == {"pixels"}
+  assert memory.eval_arrays(test, 32)[0].keys() == {"pixels"}
   config.batch_size, config.total_steps = 4, 2
   batch = next(data.train.batches(config, 0))
   assert batch["pixels"].shape == (4, 16, 16, 3) and batch["pixels"].dtype == np.uint8

@@ -11,8 +11,10 @@ import tensorflow as tf
 
 from ditm_jax import descriptiveness
 from ditm_jax.data import demo
-from ditm_jax.data import pipeline
+from ditm_jax.data import eval_split
+from ditm_jax.data import memory
 from ditm_jax.data import records
+from ditm_jax.data import stream
 from ditm_jax.data import vocab as vocab_lib
 from ditm_jax.data import tokenizer
 
@@ -20,8 +22,8 @@ from ditm_jax.data import tokenizer
 @dataclasses.dataclass
 class Data:
   """What the trainer needs from a data set."""
-  train: Any  # pipeline.Split or pipeline.RecordSplit: .batches(), .example_batch(), ...
-  splits: collections.abc.Mapping  # name -> pipeline.Split, for evaluation and export
+  train: Any  # memory.Split or stream.RecordSplit: .batches(), .example_batch(), ...
+  splits: collections.abc.Mapping  # name -> memory.Split, for evaluation and export
   vocab_size: int
   encode_text: Callable  # list[str] -> (tokens (N, L) int32, lengths (N,) int32)
   scorer: Any  # a fitted descriptiveness.Descriptiveness
@@ -58,10 +60,10 @@ def load_demo(config) -> Data:
 
   def to_split(s):
     tokens, lengths = encode(s.captions)
-    return pipeline.Split(features=s.features, tokens=tokens, lengths=lengths,
-                          desc=scorer.score(s.captions).astype(np.float32),
-                          image_ids=s.image_ids, captions=s.captions,
-                          captions_per_image=demo.NUM_LEVELS)
+    return memory.Split(features=s.features, tokens=tokens, lengths=lengths,
+                        desc=scorer.score(s.captions).astype(np.float32),
+                        image_ids=s.image_ids, captions=s.captions,
+                        captions_per_image=demo.NUM_LEVELS)
 
   splits = {name: to_split(s) for name, s in raw.items()}
   return Data(train=splits["train"], splits=splits, vocab_size=len(vocab), encode_text=encode,
@@ -83,13 +85,13 @@ def load_prepared(config) -> Data:
   vocab_size, encode = records.text_tooling(manifest, config)
   relevance = {name: (lambda name=name: records.read_relevance(directory, manifest, name))
                for name, info in manifest["splits"].items() if "relevance" in info}
-  return Data(train=pipeline.RecordSplit(directory, manifest, manifest["train_split"]),
+  return Data(train=stream.RecordSplit(directory, manifest, manifest["train_split"]),
               splits=_LazySplits(directory, manifest, config), vocab_size=vocab_size,
               encode_text=encode, scorer=scorer, relevance=relevance)
 
 
 class _LazySplits(collections.abc.Mapping):
-  """Split name -> pipeline.Split, each read from its records on first use."""
+  """Split name -> memory.Split, each read from its records on first use."""
 
   def __init__(self, directory, manifest, config):
     self._args = (directory, manifest, config)
@@ -100,7 +102,7 @@ class _LazySplits(collections.abc.Mapping):
     if name not in self._names:
       raise KeyError(name)
     if name not in self._cache:
-      self._cache[name] = pipeline.read_split(self._args[0], self._args[1], name, self._args[2])
+      self._cache[name] = eval_split.read_split(self._args[0], self._args[1], name, self._args[2])
     return self._cache[name]
 
   def __iter__(self):

@@ -9,12 +9,13 @@ that the positions of one device's batch exceed with probability at most `overfl
 A device's batch is `units` independent images; each contributes a count (its K sampled
 captions' tokens, or its kept regions) drawn from one distribution:
 
-- captions: the pipeline draws K of an image's C captions without replacement, so an image's
-  count is the sum over a uniform K-subset of its caption lengths (`caption_sum_counts`, from
-  the training split's lengths; `prepare` stores them in the manifest). Token deletion at
+- captions: each image's K of C captions are drawn without replacement (`plan.caption_slots`),
+  so an image's count is the sum over a uniform K-subset of its caption lengths
+  (`caption_sum_counts`, from the training split's lengths; `prepare` stores them in the
+  manifest). Token deletion at
   training time only shortens captions, so the bound holds with it.
 - regions: each region is dropped with probability `drop`, and region 0 comes back when all
-  are dropped (`pipeline.region_keep_mask`): Binomial(R, 1 - drop) kept regions, the
+  are dropped (the one rule, `plan.region_keep`): Binomial(R, 1 - drop) kept regions, the
   all-dropped case counting as one (`kept_regions_pmf`).
 
 The sum over `units` images has the `units`-fold convolution of that distribution
@@ -50,7 +51,7 @@ def caption_sum_counts(lengths: np.ndarray, max_tokens: int) -> dict[str, list[i
 
 
 def kept_regions_pmf(num_regions: int, drop: float) -> np.ndarray:
-  """P(an image keeps r regions), r = 0..R, under the pipeline's region drop."""
+  """P(an image keeps r regions), r = 0..R: the distribution of `plan.region_keep`'s rule."""
   r = np.arange(num_regions + 1)
   pmf = np.array([math.comb(num_regions, n) for n in r], np.float64)
   pmf *= (1 - drop) ** r * drop ** (num_regions - r)
@@ -95,17 +96,17 @@ def derive(config, train, data_devices: int) -> list[str]:
   and where it came from.
   """
   m, d = config.model, config.data
-  overflow = m.get("packing_overflow", 0.0)
+  overflow = m.packing_overflow
   units = config.batch_size // data_devices
   k, length = d.captions_per_image, d.max_tokens
   jobs = {}
-  if m.text == "bert" and m.get("text_token_capacity", 0.0) > 0:
+  if m.text == "bert" and m.text_token_capacity > 0:
     counts = train.caption_sum_counts(length)
     jobs["text_token_capacity"] = (
         None if counts is None else counts.get(str(k)), k * length,
         "the training captions' token counts were not recorded (prepared before they were; "
         "prepare again to derive it)")
-  if m.image == "regions" and m.get("region_capacity", 0.0) > 0 and train.num_regions:
+  if m.image == "regions" and m.region_capacity > 0 and train.num_regions:
     jobs["region_capacity"] = (kept_regions_pmf(train.num_regions, d.region_drop),
                                train.num_regions, "")
   lines = []

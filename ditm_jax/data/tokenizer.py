@@ -4,7 +4,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ditm_jax.models import hf_import
+from ditm_jax import hub
 
 
 class Tokenizer:
@@ -45,12 +45,12 @@ class Tokenizer:
 
 def load_tokenizer(path_or_name: str | os.PathLike, max_length: int) -> Tokenizer:
   """The tokenizer of a checkpoint directory (vocab.txt / tokenizer.json) or hub model name."""
-  directory = hf_import.resolve_checkpoint_dir(path_or_name)
+  directory = hub.resolve_checkpoint_dir(path_or_name)
   from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
   try:
     hf_tokenizer = AutoTokenizer.from_pretrained(str(directory))
   except (OSError, ValueError) as err:
-    raise hf_import.CheckpointError(
+    raise hub.CheckpointError(
         f"No usable tokenizer in {directory} (needs tokenizer.json or vocab.txt with "
         f"tokenizer_config.json): {err}") from err
   return Tokenizer(hf_tokenizer, max_length)
