@@ -72,16 +72,16 @@ def embed_query(workdir, meta, text):
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   from ditm_jax import checkpoints, evaluate, sharding, step  # pylint: disable=g-import-not-at-top
-  from ditm_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  from ditm_jax.data import tooling  # pylint: disable=g-import-not-at-top
   from ditm_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(meta["config"])
   config.mesh.data = -1  # whatever devices this machine has
   try:
     mesh = sharding.make_mesh(config)
-    vocab_size, encode = datasets.text_tooling(config)
+    vocab_size, encode = tooling.text_tooling(config)
     model = model_lib.build(config, vocab_size)
     setup = step.setup(config, model, step.make_optimizer(config), mesh,
-                       datasets.example_batch(config, mesh.devices.size))
+                       tooling.example_batch(config, mesh.devices.size))
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             setup.abstract, setup.shardings)
     ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints, abstract, config,

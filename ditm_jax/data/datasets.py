@@ -15,8 +15,7 @@ from ditm_jax.data import eval_split
 from ditm_jax.data import memory
 from ditm_jax.data import records
 from ditm_jax.data import stream
-from ditm_jax.data import vocab as vocab_lib
-from ditm_jax.data import tokenizer
+from ditm_jax.data import tooling
 
 
 @dataclasses.dataclass
@@ -46,17 +45,9 @@ def load_demo(config) -> Data:
   d = config.data
   raw = demo.generate(d.world_seed, d.num_train, d.num_test, d.feature_dim,
                      num_regions=d.num_regions, noise=d.noise, num_dev=d.num_dev)
-  vocab = vocab_lib.Vocab.build(raw["train"].captions)
   scorer = descriptiveness.fit(raw["train"].captions, stop_words=config.descriptiveness.stop_words,
                                normalize=config.descriptiveness.normalize)
-
-  wordpiece = (tokenizer.load_tokenizer(config.model.bert_path, d.max_tokens)
-               if config.model.text == "bert" else None)
-
-  def encode(captions):
-    if wordpiece is not None:  # the BERT checkpoint's own tokenizer
-      return wordpiece.ids_and_lengths(captions)
-    return vocab.encode(captions, d.max_tokens)
+  vocab_size, encode = tooling.demo_text_tooling(config, raw["train"].captions)
 
   def to_split(s):
     tokens, lengths = encode(s.captions)
@@ -66,7 +57,7 @@ def load_demo(config) -> Data:
                         captions_per_image=demo.NUM_LEVELS)
 
   splits = {name: to_split(s) for name, s in raw.items()}
-  return Data(train=splits["train"], splits=splits, vocab_size=len(vocab), encode_text=encode,
+  return Data(train=splits["train"], splits=splits, vocab_size=vocab_size, encode_text=encode,
               scorer=scorer, relevance={name: (lambda s=s: demo.relevance(s))
                                         for name, s in raw.items()},
               scenes={name: s.scenes for name, s in raw.items()})

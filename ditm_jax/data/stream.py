@@ -24,6 +24,7 @@ from ditm_jax.data import augment
 from ditm_jax.data import images
 from ditm_jax.data import plan
 from ditm_jax.data import records
+from ditm_jax.data import tooling
 from ditm_jax.data import tfdata
 
 _FILE_ORDER, _WINDOW, _SLOTS, _REGION_DROP, _TOKEN_DROP = range(5)  # random streams
@@ -61,19 +62,8 @@ class RecordSplit:
 
   def example_batch(self, config, rows):
     """A batch of `rows` images in the shapes of a training batch (zeros)."""
-    m, k = self.manifest, config.data.captions_per_image
-    n, length = rows * k, m["max_tokens"]
-    batch = {"tokens": np.zeros((n, length), np.int32),
-             "token_mask": np.arange(length)[None, :] < np.ones((n, 1)),
-             "desc": np.zeros(n, np.float32), "image_ids": np.arange(rows, dtype=np.int32)}
-    if m["image"] == "pixels":
-      s = config.data.image_size
-      batch["pixels"] = np.zeros((rows, s, s, 3), np.uint8)
-    else:
-      r, f = m["feature_shape"]
-      batch["regions"] = np.zeros((rows, r, f), np.float32)
-      batch["region_mask"] = np.ones((rows, r), bool)
-    return batch
+    m = self.manifest
+    return tooling.zeros_batch(config, rows, m["max_tokens"], m["image"], m["feature_shape"])
 
   def step_image_ids(self, config, step):
     """Image ids of process 0's rows at global step `step` (to name a batch that failed)."""
