@@ -22,7 +22,8 @@ def _worker(out_path, workdir):
   # pylint: disable=g-import-not-at-top
   import functools
   import jax
-  from ditm_jax import bench, train
+  from ditm_jax import train
+  from ditm_jax.bench import setups as bench
   from ditm_jax import step as step_lib
 
   out = {}
