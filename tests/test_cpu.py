@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ditm_jax import flops
 from ditm_jax import cpu
 from ditm_jax import sharding
+from ditm_jax.bench import flops
 
 
 def _numpy_grads(x, kernel, cotangent):

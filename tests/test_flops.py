@@ -1,4 +1,4 @@
-"""flops.py: matmul FLOPs counted from a program's jaxpr, against hand-computed counts."""
+"""bench/flops.py: matmul FLOPs counted from a program's jaxpr, against hand-computed counts."""
 import functools
 
 import jax
@@ -6,10 +6,11 @@ import jax.numpy as jnp
 from jax.sharding import AbstractMesh, PartitionSpec as P
 import pytest
 
-from ditm_jax import bench
-from ditm_jax import flops
 from ditm_jax import sharding
 from ditm_jax import step as step_lib
+from ditm_jax.bench import flops
+from ditm_jax.bench import setups
+from ditm_jax.bench import train_step
 
 
 def _abstract(*shape):
@@ -62,8 +63,8 @@ def test_convolution_counts_output_times_kernel_window():
 
 
 def test_reference_step_count_by_hand():
-  """The padded reference step (bench.py) against its count written out layer by layer."""
-  config, model, batch = bench.reference_setup(padded=True)
+  """The padded reference step (bench/setups.py) against its count written out layer by layer."""
+  config, model, batch = setups.reference_setup(padded=True)
   tx = step_lib.make_optimizer(config)
   mesh = sharding.make_mesh(config)
   abstract = jax.eval_shape(functools.partial(step_lib.init_state, model, tx, batch),
@@ -71,7 +72,7 @@ def test_reference_step_count_by_hand():
   step = functools.partial(step_lib.train_step, model=model, tx=tx, config=config, mesh=mesh)
   count = flops.matmul_flops(step, abstract, batch)
   b, r, f, d, h = 128, 36, 2048, 1024, config.model.mlp_hidden
-  bert = bench.REFERENCE_BERT
+  bert = setups.REFERENCE_BERT
   hid, ffn, layers, heads, length = (bert["hidden_size"], bert["intermediate_size"],
                                      bert["num_hidden_layers"], bert["num_attention_heads"], 32)
   mm = lambda m, k, n: 2 * m * k * n
@@ -109,7 +110,7 @@ def test_utilisation_rows_of_the_bench():
       "demo": {"median_s": 1.0, "matmul_flops": 1e9, "matmul_flops_per_s": 1e9, "devices": 1},
       "reference": {"median_s": 2.0, "matmul_flops": 4e9, "matmul_flops_per_s": 2e9,
                     "devices": 2}}}
-  bench.utilisation(results, "float32")
+  train_step.utilisation(results, "float32")
   peak = results["matmul_peak"]["flops_per_s"]
   assert "share_of_measured_peak" not in results["train_step"]["demo"]
   assert results["train_step"]["reference"]["share_of_measured_peak"] == pytest.approx(1e9 / peak)

@@ -302,7 +302,7 @@ def test_f30k_config_prepares_its_splits(tmp_path):
 
 
 def test_pipeline_rate_reports_rows(prepared):
-  from ditm_jax.data import throughput  # pylint: disable=g-import-not-at-top
+  from ditm_jax.bench import pipeline as throughput  # pylint: disable=g-import-not-at-top
   _, config, _, _ = prepared
   rate = throughput.pipeline_rate(config, num_batches=5, warmup=1)
   assert rate["rows_per_s"] == pytest.approx(32 * rate["batches_per_s"])

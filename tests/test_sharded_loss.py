@@ -36,7 +36,8 @@ def _worker(out_path):
   import jax
   import jax.numpy as jnp
   import ml_collections
-  from ditm_jax import bench, losses, losses_sharded, sharding
+  from ditm_jax import losses, losses_sharded, sharding
+  from ditm_jax.bench import loss_memory as bench
 
   config = ml_collections.ConfigDict({"mesh": {"data": -1}})
   mesh = sharding.make_mesh(config)

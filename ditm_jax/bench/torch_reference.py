@@ -1,14 +1,14 @@
-"""The reference model's train step in PyTorch, for a same-machine comparison with bench.py.
+"""The reference model's train step in PyTorch, for a same-machine comparison with ours.
 
-  python -m ditm_jax.bench_torch            # needs torch and transformers (not in requirements)
-  python -m ditm_jax.bench_torch --bert_base   # the text tower's BERT is BERT-base; step only
-  python -m ditm_jax.bench --torch_python=/path/to/python   # runs this in that interpreter
+  python -m ditm_jax.bench.torch_reference     # needs torch and transformers (not in requirements)
+  python -m ditm_jax.bench.torch_reference --bert_base   # BERT-base as the text tower; step only
+  python -m ditm_jax.bench --torch_python=PYTHON   # runs this in that interpreter
 
 Written for this comparison (VSE-infinity's layout, not its code): 36 x 2048 regions ->
 linear + two-layer MLP residual -> GPO (sort per dimension, weights from a bidirectional
 GRU over positional encodings) -> 1024-d; transformers' BertModel (4 layers, hidden 256,
 4 heads, FFN 1024, random init, no dropout) -> linear 256 -> 1024 -> GPO; 128 images x 1
-caption of 32 tokens (lengths 8..32, as bench.py's batch); hardest-negative triplet loss
+caption of 32 tokens (lengths 8..32, as setups.py's batch); hardest-negative triplet loss
 (margin 0.2); AdamW (lr 5e-4, BERT 5e-5, weight decay 1e-4) with gradient clipping at 2.0.
 Prints one JSON line: median seconds per step after two warm-up steps, and the pieces.
 Imports nothing from ditm_jax, so it runs in an interpreter without JAX.

@@ -1,26 +1,28 @@
 """How fast the training input is delivered, and how fast the train step consumes it.
 
-  python -m ditm_jax.data.throughput --config=configs/coco.py:text=bigru,tiny \
+  python -m ditm_jax.bench.pipeline --config=configs/coco.py:text=bigru,tiny \
       --config.data.dir=PREPARED [--batches=200] [--steps=30]
 
 `pipeline_rate(config)` is what `python -m ditm_jax.bench` reports as "pipeline_rows_per_s";
 `train_step_rate(config)` times the jitted train step on one fixed device-resident batch, so
-the ratio of the two says whether the input can keep up.
+the ratio of the two says whether the input can keep up. TensorFlow is imported only when a
+data set is loaded, so the other benchmarks run without it.
 """
 
-import functools
-import tempfile
 import time
 
 import jax
-
-from ditm_jax.data import datasets
 
 
 def _enough_steps(config, steps):
   config = config.copy_and_resolve_references()
   config.total_steps = max(config.total_steps, steps)
   return config
+
+
+def _load(config):
+  from ditm_jax.data import datasets  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  return datasets.load(config)
 
 
 def pipeline_rate(config, num_batches=200, warmup=10, data=None):
@@ -33,7 +35,7 @@ def pipeline_rate(config, num_batches=200, warmup=10, data=None):
     data: a `datasets.Data` already loaded for `config` (loaded when None).
   """
   config = _enough_steps(config, num_batches + warmup)
-  data = data or datasets.load(config)
+  data = data or _load(config)
   batches = data.train.batches(config, 0, jax.process_index(), jax.process_count())
   for _ in range(warmup):
     next(batches)
@@ -47,30 +49,33 @@ def pipeline_rate(config, num_batches=200, warmup=10, data=None):
           "batch_mb": sum(v.nbytes for v in batch.values()) / 2**20}
 
 
-def train_step_rate(config, num_steps=30, warmup=3, workdir=None):
-  """Train steps/s of `config` on one fixed batch from its pipeline (after compiling)."""
-  from ditm_jax import sharding  # pylint: disable=g-import-not-at-top
-  from ditm_jax import step as step_lib  # pylint: disable=g-import-not-at-top
-  from ditm_jax import train  # pylint: disable=g-import-not-at-top
+def time_pipeline(config, data, batches):
+  """Rows (images) per second of the demo's training input (`pipeline_rate`)."""
+  out = pipeline_rate(config, num_batches=batches, warmup=2, data=data)
+  return {**out, "batches": batches, "batch_size": config.batch_size}
+
+
+def train_step_rate(config, num_steps=30, warmup=3, data=None):
+  """Train steps/s of `config` on one fixed batch from its pipeline (after compiling).
+
+  The model and its packing buffers are built as the trainer builds them; one process.
+  """
+  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
+  from ditm_jax import sharding
+  from ditm_jax.bench import train_step
+  from ditm_jax.data import packing_stats
+  from ditm_jax.models import model as model_lib
+  # pylint: enable=g-import-not-at-top
   config = _enough_steps(config, num_steps + warmup)
-  with tempfile.TemporaryDirectory() as tmp:
-    trainer = train.Trainer(config, workdir or tmp)
-    local = next(trainer.data.train.batches(config, 0, jax.process_index(),
-                                            jax.process_count()))
-    batch = sharding.global_batch(trainer.batch_sharding, local)
-    step = jax.jit(functools.partial(step_lib.train_step, model=trainer.model,
-                                     tx=trainer.tx, config=config, mesh=trainer.mesh),
-                   in_shardings=(trainer.state_sharding, trainer.batch_sharding),
-                   out_shardings=(trainer.state_sharding, None), donate_argnums=(0,))
-    state = trainer.initial_state()
-    for _ in range(warmup):
-      state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    t0 = time.perf_counter()
-    for _ in range(num_steps):
-      state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    return {"steps_per_s": num_steps / (time.perf_counter() - t0)}
+  data = data or _load(config)
+  mesh = sharding.make_mesh(config)
+  packing_stats.derive(config, data.train, mesh.shape[sharding.DATA])
+  model = model_lib.build(config, data.vocab_size, dtype=jnp.dtype(config.dtype))
+  batch = next(data.train.batches(config, 0))
+  run, _, _ = train_step.step_runner(config, model, batch, mesh)
+  run(warmup)
+  return {"steps_per_s": num_steps / sum(run(num_steps))}
 
 
 def main(argv):
