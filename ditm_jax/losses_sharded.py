@@ -13,7 +13,7 @@ per device instead of O(B^2 K), and rows and columns hold the very same values. 
 per-device sums are added with one `psum`. In the backward pass the all-to-all sends the
 column gradients back to their rows and the all-gather becomes a reduce-scatter of the
 caption-embedding gradients. The numbers equal `losses.objective` (the plain global form,
-the reference) up to float rounding; `tests/test_sharded_loss.py` checks values and
+the reference) up to float rounding; `tests/e2e/test_sharded_loss.py` checks values and
 gradients.
 """
 # pylint: disable=invalid-name  # S, P, K: the formula's symbols.

@@ -1,4 +1,4 @@
-"""Regenerates the golden files of tests/test_bert.py and tests/test_vit.py.
+"""Regenerates the golden files of tests/unit/models/test_bert.py and tests/unit/models/test_vit.py.
 
 Needs PyTorch, kept out of the project's environment:
 
@@ -36,7 +36,7 @@ LETTERS = list("abcdefghijklmnopqrstuvwxyz")
 
 
 def normalize(pixels: np.ndarray, mean, std) -> np.ndarray:
-  """uint8 -> float32 model input, (x / 255 - mean) / std; tests/test_vit.py computes the same."""
+  """uint8 -> float32 model input, (x / 255 - mean) / std; tests/unit/models/test_vit.py computes the same."""
   return (pixels.astype(np.float32) / np.float32(255) - np.float32(mean)) / np.float32(std)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ditm_jax import losses
-from tests.test_losses import (make_batch, ref_infonce, ref_ordering, ref_positive_mask,
+from tests.unit.test_losses import (make_batch, ref_infonce, ref_ordering, ref_positive_mask,
                                ref_relaxation, ref_triplet)
 
 # (B, K) drawn from a few shapes, each one compilation per dtype; the values vary freely.

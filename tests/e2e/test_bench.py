@@ -45,7 +45,7 @@ def test_train_step_timing_uses_the_trainer_step():
   out = train_step.time_train_step(config, model, batch, steps=1)
   assert np.isfinite(out["loss"]) and out["devices"] >= 1
   assert math.isclose(out["pairs_per_s"], 64 / out["median_s"])
-  assert out["matmul_flops"] > 0  # counted by flops.py (tests/test_flops.py)
+  assert out["matmul_flops"] > 0  # counted by flops.py (tests/unit/bench/test_flops.py)
   assert math.isclose(out["matmul_flops_per_s"], out["matmul_flops"] / out["median_s"])
 
 
@@ -57,7 +57,7 @@ def test_reference_model_shapes():
   assert batch["regions"].shape == (128, 36, 2048) and batch["tokens"].shape == (128, 32)
   assert model.text_tower.bert_config.num_hidden_layers == 4
   assert model.text_tower.bert_config.hidden_size == 256 and model.text_tower.embed_dim == 1024
-  # Packing buffers derived for the batch's distribution (tests/test_capacity.py), and the
+  # Packing buffers derived for the batch's distribution (tests/unit/data/test_packing_stats.py), and the
   # batch timed fits them: the packed step is the one measured.
   text, regions = config.model.text_token_capacity, config.model.region_capacity
   assert (model.text_tower.token_capacity, model.image_tower.region_capacity) == (text, regions)

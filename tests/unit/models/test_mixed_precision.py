@@ -11,7 +11,7 @@ from ditm_jax import step as step_lib
 from ditm_jax.data import datasets
 from ditm_jax.models import model as model_lib
 
-BERT_DIR = pathlib.Path(__file__).resolve().parent / "golden" / "bert_tiny"
+BERT_DIR = pathlib.Path(__file__).resolve().parents[2] / "golden" / "bert_tiny"
 
 
 def _config(text):

@@ -83,7 +83,7 @@ def _worker(out_path):
 def computed(tmp_path_factory):
   out = tmp_path_factory.mktemp("sharded") / "results.json"
   env = e2e.env(devices=8)
-  code = f"from tests.test_sharded_loss import _worker; _worker({str(out)!r})"
+  code = f"from tests.e2e.test_sharded_loss import _worker; _worker({str(out)!r})"
   proc = subprocess.run([sys.executable, "-c", code], cwd=e2e.ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]

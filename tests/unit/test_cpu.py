@@ -95,7 +95,7 @@ def test_the_copy_runs_on_cpu_for_unequal_widths_only(monkeypatch, backend, feat
   assert ("optimization_barrier" in primitives) == copied
 
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # A jitted function whose 64 MiB temporary (the product) XLA allocates on every call: the page
 # faults of each of 19 calls after the first.

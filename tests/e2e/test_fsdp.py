@@ -51,7 +51,7 @@ def _worker(out_path, workdir):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("fsdp")
-  code = (f"from tests.test_fsdp import _worker; "
+  code = (f"from tests.e2e.test_fsdp import _worker; "
           f"_worker({str(tmp / 'out.json')!r}, {str(tmp)!r})")
   proc = subprocess.run([sys.executable, "-c", code], cwd=e2e.ROOT, env=e2e.env(devices=8),
                         capture_output=True, text=True, timeout=600)

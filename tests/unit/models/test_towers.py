@@ -17,7 +17,7 @@ from ditm_jax.models import model as model_lib
 from ditm_jax.data import tokenizer
 from ditm_jax.models import vit
 
-GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
+GOLDEN = pathlib.Path(__file__).resolve().parents[2] / "golden"
 BERT_DIR, VIT_DIR = GOLDEN / "bert_tiny", GOLDEN / "vit_tiny"
 TEXTS = ["A man riding a horse.", "Two dogs on the street", "a red car",
          "The cat sits on a table near the window"]

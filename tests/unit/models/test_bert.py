@@ -17,7 +17,7 @@ from ditm_jax.models import hf_import
 from ditm_jax.data import tokenizer
 from ditm_jax.models import transformer
 
-GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
+GOLDEN = pathlib.Path(__file__).resolve().parents[2] / "golden"
 BERT_DIR = GOLDEN / "bert_tiny"
 
 

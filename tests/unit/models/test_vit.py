@@ -12,7 +12,7 @@ from safetensors.numpy import load_file, save_file
 from ditm_jax.models import hf_import
 from ditm_jax.models import vit
 
-GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
+GOLDEN = pathlib.Path(__file__).resolve().parents[2] / "golden"
 VIT_DIR = GOLDEN / "vit_tiny"
 IMAGES = ("COCO_val2014_000000000139.jpg", "COCO_val2014_000000000776.jpg",
           "COCO_val2014_000000007888.jpg")  # The last one is greyscale.
