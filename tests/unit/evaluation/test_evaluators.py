@@ -253,7 +253,7 @@ def test_run_optional_failures_are_logged_and_the_run_goes_on(capsys):
 
 
 def test_specs_and_cadence():
-  config = ml_collections.ConfigDict({"eval_every_steps": 10, "evals": {
+  config = ml_collections.ConfigDict({"eval_every_steps": 10, "export_at_end": False, "evals": {
       "b": {"type": "recall", "split": "test"},
       "a": {"type": "export", "split": "test", "every_steps": 0},
       "c": {"type": "demo", "split": "test", "every_steps": 4}}})
@@ -295,7 +295,7 @@ def test_write_results(tmp_path):
 
 
 def test_evaluator_selection_default_exports_and_optional_splits(capsys):
-  config = ml_collections.ConfigDict({"eval_every_steps": 10, "evals": {
+  config = ml_collections.ConfigDict({"eval_every_steps": 10, "export_at_end": False, "evals": {
       "coco_5k": {"type": "recall", "split": "testall"},
       "dev": {"type": "recall", "split": "dev"},
       "hc": {"type": "hierarcaps", "split": "hierarcaps", "optional": True, "data_dir": "x"}}})
