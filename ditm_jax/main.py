@@ -97,10 +97,10 @@ def main(argv):
   if FLAGS.workdir is None:
     raise app.UsageError("--workdir is required")
   logging.set_verbosity(logging.WARNING)  # progress lines come from the trainer
-  from ditm_jax import sharding  # pylint: disable=g-import-not-at-top
-  if sharding.expects_cpu_backend():  # before anything starts JAX's backend
-    from ditm_jax import cpu  # pylint: disable=g-import-not-at-top
-    cpu.keep_freed_memory()
+  from ditm_jax import cpu  # pylint: disable=g-import-not-at-top
+  if cpu.expects_cpu_backend():  # before anything starts JAX's backend
+    from ditm_jax.cpu import memory  # pylint: disable=g-import-not-at-top
+    memory.keep_freed_memory()
   _maybe_initialize_distributed()
   _validate(FLAGS.config)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top

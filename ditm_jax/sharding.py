@@ -1,34 +1,12 @@
 """The one mesh, and how batches and state are laid out on it."""
 
-import importlib.util
 import math
-import os
-import pkgutil
 
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 DATA = "data"
-
-_ACCELERATOR_PLUGINS = ("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
-                        "jax_rocm7_plugin")
-
-
-def expects_cpu_backend() -> bool:
-  """Whether JAX will pick its CPU backend (JAX_PLATFORMS, else no accelerator plugin
-  installed), answered before the backend starts (`cpu.keep_freed_memory` must run first)."""
-  platforms = os.environ.get("JAX_PLATFORMS", "").strip()
-  if platforms:
-    return platforms.split(",")[0].strip() == "cpu"
-  if any(importlib.util.find_spec(name) for name in _ACCELERATOR_PLUGINS):
-    return False
-  try:
-    import jax_plugins  # pylint: disable=g-import-not-at-top  (namespace package, if any)
-  except ImportError:
-    return True
-  return not any(True for _ in pkgutil.iter_modules(jax_plugins.__path__))
-
 
 def make_mesh(config):
   """A 1-D `data` mesh over `config.mesh.data` devices (-1 = all), Auto axis type."""

@@ -16,7 +16,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 
-from ditm_jax import sharding
+from ditm_jax import cpu
 from ditm_jax.bench import loss_memory
 from ditm_jax.bench import setups
 from ditm_jax.bench import suite
@@ -55,15 +55,15 @@ flags.DEFINE_string("coco_captions", setups.COCO_CAPTIONS,
 def main(argv):
   del argv
   kept = False
-  if sharding.expects_cpu_backend():  # before the first computation starts JAX's backend
-    from ditm_jax import cpu  # pylint: disable=g-import-not-at-top
-    kept = cpu.keep_freed_memory()
+  if cpu.expects_cpu_backend():  # before the first computation starts JAX's backend
+    from ditm_jax.cpu import memory  # pylint: disable=g-import-not-at-top
+    kept = memory.keep_freed_memory()
   if FLAGS.part == "devices8":
     results = loss_memory.devices8_part(FLAGS.quick)
   else:
     results = suite.run(FLAGS.quick, FLAGS.torch_python, FLAGS.bert_base, FLAGS.reference_dtype,
                         FLAGS.only_reference, FLAGS.torch_rounds, FLAGS.coco_captions)
-    results["notes"].append("host memory: freed memory kept in the process (ditm_jax/cpu"
+    results["notes"].append("host memory: freed memory kept in the process (ditm_jax/cpu/memory"
                             ".py)" if kept else "host memory: glibc's defaults")
     print(table.table(results), flush=True)
     for note in results["notes"]:

@@ -17,7 +17,6 @@ then yields exactly the batches an uninterrupted run would; no iterator state is
 import functools
 import os
 
-import numpy as np
 import tensorflow as tf
 
 from ditm_jax.data import augment

@@ -9,7 +9,7 @@ their shardings; a restored checkpoint is used as it is.
 """
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from flax import traverse_util
 import flax.linen as nn

@@ -1,10 +1,74 @@
-"""Packed towers in a sharded train step: 8 CPU devices packing equal one device padded."""
+"""Packed towers (models/packed.py) equal the plain towers: values and gradients of BERT on its
+valid tokens and of the region tower on kept regions, and a train step on 8 CPU devices packing
+against one device padded."""
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from ditm_jax.data import tokenizer
 from ditm_jax.models import bert
+from ditm_jax.models import encoders
+from ditm_jax.models import model as model_lib
 from ditm_jax.models import packed as packed_lib
-from tests.unit.models.test_packing import _batch, _dual_encoder
+from tests.unit.models.test_packing import BERT_DIR, TEXTS, _batch, _dual_encoder
+
+
+def _assert_same_value_and_grads(padded, packed, params, *inputs):
+  """Packed tower == padded tower: outputs, and every gradient leaf to 1e-5 of the largest."""
+  np.testing.assert_allclose(jax.jit(packed.apply)({"params": params}, *inputs),
+                             jax.jit(padded.apply)({"params": params}, *inputs), atol=2e-6)
+  weights = jnp.arange(packed.embed_dim, dtype=jnp.float32) / packed.embed_dim
+  grad = lambda tower: jax.jit(jax.grad(
+      lambda p: jnp.sum(tower.apply({"params": p}, *inputs) * weights)))(params)
+  want, got = grad(padded), grad(packed)
+  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(want))
+  jax.tree.map_with_path(lambda path, a, b: np.testing.assert_allclose(
+      a, b, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path)), got, want)
+
+
+@pytest.fixture(scope="module")
+def bert_tower_inputs():
+  module, bert_params = bert.load_pretrained(BERT_DIR)
+  ids, lengths = tokenizer.load_tokenizer(BERT_DIR, 16).ids_and_lengths(TEXTS)
+  mask = np.arange(16)[None] < np.minimum(lengths, 16)[:, None]
+  padded = encoders.BertTextEncoder(module.config, embed_dim=24)
+  params = jax.jit(padded.init)(jax.random.key(0), ids, mask)["params"]
+  params = model_lib.merge_pretrained(params, {("bert",): bert_params})
+  return module.config, params, jnp.asarray(ids), jnp.asarray(mask)
+
+
+@pytest.mark.parametrize("capacity", [0.75, 0.2])  # 0.2 cannot hold them: the padded path
+def test_packed_bert_tower_equals_the_padded_one(bert_tower_inputs, capacity):
+  config, params, ids, mask = bert_tower_inputs
+  assert 0.2 * mask.size < int(mask.sum()) <= 0.75 * mask.size
+  padded = encoders.BertTextEncoder(config, embed_dim=24)
+  packed = packed_lib.PackedBertTextEncoder(config, embed_dim=24, capacity=capacity)
+  _assert_same_value_and_grads(padded, packed, params, ids, mask)
+  # The padded positions' token ids change nothing.
+  apply = jax.jit(packed.apply)
+  np.testing.assert_allclose(apply({"params": params}, jnp.where(mask, ids, 7), mask),
+                             apply({"params": params}, ids, mask), atol=1e-6)
+
+
+@pytest.mark.parametrize("drop", [0.3, 0.0])  # 0.0 keeps every region: the padded path
+def test_region_tower_on_kept_regions_equals_padded(drop):
+  rng = np.random.default_rng(5)
+  regions = rng.standard_normal((6, 10, 16)).astype(np.float32)
+  mask = rng.random((6, 10)) >= drop
+  mask[:, 0] = True
+  padded = encoders.RegionEncoder(embed_dim=12, mlp_hidden=8)
+  packed = packed_lib.PackedRegionEncoder(embed_dim=12, mlp_hidden=8, capacity=0.8)
+  params = jax.jit(padded.init)(jax.random.key(1), regions, mask)["params"]
+  # The same parameters, by name and shape, whichever layout runs.
+  assert jax.tree.map(jnp.shape, jax.jit(packed.init)(jax.random.key(1), regions, mask)[
+      "params"]) == jax.tree.map(jnp.shape, params)
+  assert (int(mask.sum()) <= 48) == (drop > 0)  # 48 = 0.8 x 60 rows
+  _assert_same_value_and_grads(padded, packed, params, regions, mask)
+  # Dropped regions' features change nothing.
+  other = np.where(mask[..., None], regions, 1e3).astype(np.float32)
+  np.testing.assert_allclose(jax.jit(packed.apply)({"params": params}, other, mask),
+                             jax.jit(packed.apply)({"params": params}, regions, mask), atol=1e-6)
 
 
 def _sharded_step_worker(out_path):

@@ -1,5 +1,5 @@
-"""Packed towers (models/packed.py, models/packing.py): BERT on its valid tokens, the region
-tower on kept regions, equal to the plain towers."""
+"""Packing (models/packing.py, models/packed.py): the row moves, buffer sizes, which towers
+pack and when; the packed towers' equality with the plain ones is in tests/e2e/test_packed_e2e.py."""
 import pathlib
 
 import jax
@@ -12,7 +12,6 @@ from ditm_jax.models import encoders
 from ditm_jax.models import model as model_lib
 from ditm_jax.models import packed as packed_lib
 from ditm_jax.models import packing
-from ditm_jax.data import tokenizer
 
 BERT_DIR = pathlib.Path(__file__).resolve().parents[2] / "golden" / "bert_tiny"
 TEXTS = ["A man riding a horse.", "Two dogs on the street", "a red car",
@@ -68,43 +67,6 @@ def test_gradients_of_pack_and_unpack_are_the_inverse_moves():
   np.testing.assert_array_equal(grad_rows, want_rows)
 
 
-def _assert_same_value_and_grads(padded, packed, params, *inputs):
-  """Packed tower == padded tower: outputs, and every gradient leaf to 1e-5 of the largest."""
-  np.testing.assert_allclose(jax.jit(packed.apply)({"params": params}, *inputs),
-                             jax.jit(padded.apply)({"params": params}, *inputs), atol=2e-6)
-  weights = jnp.arange(packed.embed_dim, dtype=jnp.float32) / packed.embed_dim
-  grad = lambda tower: jax.jit(jax.grad(
-      lambda p: jnp.sum(tower.apply({"params": p}, *inputs) * weights)))(params)
-  want, got = grad(padded), grad(packed)
-  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(want))
-  jax.tree.map_with_path(lambda path, a, b: np.testing.assert_allclose(
-      a, b, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path)), got, want)
-
-
-@pytest.fixture(scope="module")
-def bert_tower_inputs():
-  module, bert_params = bert.load_pretrained(BERT_DIR)
-  ids, lengths = tokenizer.load_tokenizer(BERT_DIR, 16).ids_and_lengths(TEXTS)
-  mask = np.arange(16)[None] < np.minimum(lengths, 16)[:, None]
-  padded = encoders.BertTextEncoder(module.config, embed_dim=24)
-  params = jax.jit(padded.init)(jax.random.key(0), ids, mask)["params"]
-  params = model_lib.merge_pretrained(params, {("bert",): bert_params})
-  return module.config, params, jnp.asarray(ids), jnp.asarray(mask)
-
-
-@pytest.mark.parametrize("capacity", [0.75, 0.2])  # 0.2 cannot hold them: the padded path
-def test_packed_bert_tower_equals_the_padded_one(bert_tower_inputs, capacity):
-  config, params, ids, mask = bert_tower_inputs
-  assert 0.2 * mask.size < int(mask.sum()) <= 0.75 * mask.size
-  padded = encoders.BertTextEncoder(config, embed_dim=24)
-  packed = packed_lib.PackedBertTextEncoder(config, embed_dim=24, capacity=capacity)
-  _assert_same_value_and_grads(padded, packed, params, ids, mask)
-  # The padded positions' token ids change nothing.
-  apply = jax.jit(packed.apply)
-  np.testing.assert_allclose(apply({"params": params}, jnp.where(mask, ids, 7), mask),
-                             apply({"params": params}, ids, mask), atol=1e-6)
-
-
 def test_build_reads_the_capacities():
   from configs import demo  # pylint: disable=g-import-not-at-top
   c = demo.get_config("tiny")
@@ -118,26 +80,6 @@ def test_build_reads_the_capacities():
   assert type(model.text_tower) is encoders.BertTextEncoder
   assert type(model.image_tower) is packed_lib.PackedRegionEncoder
   assert model.image_tower.capacity == 0.85
-
-
-@pytest.mark.parametrize("drop", [0.3, 0.0])  # 0.0 keeps every region: the padded path
-def test_region_tower_on_kept_regions_equals_padded(drop):
-  rng = np.random.default_rng(5)
-  regions = rng.standard_normal((6, 10, 16)).astype(np.float32)
-  mask = rng.random((6, 10)) >= drop
-  mask[:, 0] = True
-  padded = encoders.RegionEncoder(embed_dim=12, mlp_hidden=8)
-  packed = packed_lib.PackedRegionEncoder(embed_dim=12, mlp_hidden=8, capacity=0.8)
-  params = jax.jit(padded.init)(jax.random.key(1), regions, mask)["params"]
-  # The same parameters, by name and shape, whichever layout runs.
-  assert jax.tree.map(jnp.shape, jax.jit(packed.init)(jax.random.key(1), regions, mask)[
-      "params"]) == jax.tree.map(jnp.shape, params)
-  assert (int(mask.sum()) <= 48) == (drop > 0)  # 48 = 0.8 x 60 rows
-  _assert_same_value_and_grads(padded, packed, params, regions, mask)
-  # Dropped regions' features change nothing.
-  other = np.where(mask[..., None], regions, 1e3).astype(np.float32)
-  np.testing.assert_allclose(jax.jit(packed.apply)({"params": params}, other, mask),
-                             jax.jit(packed.apply)({"params": params}, regions, mask), atol=1e-6)
 
 
 @pytest.mark.parametrize("shards", [1, 2, 4])
@@ -178,8 +120,10 @@ def _batch(rows=16, regions_kept=7, token_lengths=(4, 10), seed=0):
   }
 
 
-def test_select_packing_packs_only_when_every_device_fits(bert_tower_inputs):
-  config = bert_tower_inputs[0]
+def test_select_packing_packs_only_when_every_device_fits():
+  config = bert.BertConfig(vocab_size=102, hidden_size=16, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=24,
+                           max_position_embeddings=16)
   model = _dual_encoder(config)
   which = lambda batch, shards: tuple(np.asarray(jax.jit(
       lambda b: packed_lib.select_packing(

@@ -1,46 +1,11 @@
-"""CPU-only speed helpers, imported only where JAX runs on its CPU backend.
+"""`Dense`: nn.Dense whose weight gradient XLA:CPU runs as a plain row-major matmul (see the
+package docstring)."""
 
-- `keep_freed_memory`: XLA:CPU allocates each execution's temporaries as one large block
-  from worker threads, which glibc serves with a fresh `mmap` and returns with `munmap`, so
-  every step faults in its temporaries again. Telling glibc to keep freed memory in the
-  process lets the block be reused from step to step. It must run before JAX starts its
-  backend (the entry points call it first thing); `DITM_KEEP_FREED_MEMORY=0` skips it.
-- `Dense`: `nn.Dense` whose weight gradient x^T g runs as a plain row-major matmul (the
-  narrower operand transposed into a copy first), which XLA:CPU runs faster than autodiff's
-  form when the two widths differ. Values and the other gradients are unchanged; only the
-  weight gradient's summation order differs. `models.layers.Dense` picks it on CPU only.
-
-Measurements: `python -m ditm_jax.bench` (ditm_jax/bench/README.md).
-"""
-
-import ctypes
 import functools
-import os
-import sys
 
 import flax.linen as nn
 import jax
 from jax import lax
-
-# mallopt parameters (glibc malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-_M_ARENA_MAX = -8
-
-
-def keep_freed_memory() -> bool:
-  """Sets glibc's malloc to keep freed memory (see the module docstring); True if it did."""
-  if os.environ.get("DITM_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
-    return False
-  try:
-    libc = ctypes.CDLL(None)
-    libc.gnu_get_libc_version  # pylint: disable=pointless-statement  (glibc only)
-  except (OSError, AttributeError):
-    return False
-  # Later threads share the main arena; no request is served by mmap; no trimming (-1 is
-  # SIZE_MAX once glibc widens it).
-  return bool(libc.mallopt(_M_ARENA_MAX, 1) and libc.mallopt(_M_MMAP_MAX, 0)
-              and libc.mallopt(_M_TRIM_THRESHOLD, -1))
 
 
 def weight_gradient(x: jax.Array, g: jax.Array, precision=None) -> jax.Array:
