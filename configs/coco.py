@@ -29,14 +29,5 @@ def get_config(arg=None):
       testall_1k=dict(type="recall", split="testall", fold5=True),
       testall_5k=dict(type="recall", split="testall")))
 
-  common.set_towers(c, values.get("text", "bigru"), values.get("img", "regions"))
-  common.apply_variant(c, values.get("variant", "ditm"))
-  if "tiny" in flags:  # seconds-long smoke run on a CPU, same data formats
-    common.shrink_to_tiny(c)
-    c.export_at_end = False
-    c.data.train_shards = 4
-    c.data.shuffle_window = 256
-    c.optim.lr = 1e-3
-    c.optim.decay_steps = (30,)
-    c.evals = ml_collections.ConfigDict(dict(testall=dict(type="recall", split="testall")))
-  return c
+  # text=, img=, variant= and tiny (its smoke-run test split: testall)
+  return common.apply_real_data_args(c, values, flags, tiny_test_split="testall")

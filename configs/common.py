@@ -209,6 +209,28 @@ def shrink_to_tiny(c):
   return c
 
 
+def apply_real_data_args(c, values, flags, tiny_test_split):
+  """The towers (`text=`, `img=`), the variant, and with `tiny` the sizes of
+  `shrink_real_data_to_tiny`, from a real-data config's parsed arguments."""
+  set_towers(c, values.get("text", "bigru"), values.get("img", "regions"))
+  apply_variant(c, values.get("variant", "ditm"))
+  if "tiny" in flags:  # seconds-long smoke run on a CPU, same data formats
+    shrink_real_data_to_tiny(c, tiny_test_split)
+  return c
+
+
+def shrink_real_data_to_tiny(c, test_split):
+  """`shrink_to_tiny` for prepared data: few shards, a small shuffle window, one small test."""
+  shrink_to_tiny(c)
+  c.export_at_end = False
+  c.data.train_shards = 4
+  c.data.shuffle_window = 256
+  c.optim.lr = 1e-3
+  c.optim.decay_steps = (30,)
+  c.evals = ml_collections.ConfigDict({test_split: dict(type="recall", split=test_split)})
+  return c
+
+
 def parse_arg(arg, keys, flags=("tiny",), config="the config"):
   """'variant=ditm,tiny' -> (dict of key=value, set of flags); unknown parts are an error."""
   values, found = {}, set()

@@ -25,14 +25,5 @@ def get_config(arg=None):
   c.evals = ml_collections.ConfigDict(dict(dev=dict(type="recall", split="dev"),
                                            test=dict(type="recall", split="test")))
 
-  common.set_towers(c, values.get("text", "bigru"), values.get("img", "regions"))
-  common.apply_variant(c, values.get("variant", "ditm"))
-  if "tiny" in flags:  # seconds-long smoke run on a CPU, same data formats
-    common.shrink_to_tiny(c)
-    c.export_at_end = False
-    c.data.train_shards = 4
-    c.data.shuffle_window = 256
-    c.optim.lr = 1e-3
-    c.optim.decay_steps = (30,)
-    c.evals = ml_collections.ConfigDict(dict(test=dict(type="recall", split="test")))
-  return c
+  # text=, img=, variant= and tiny (its smoke-run test split: test)
+  return common.apply_real_data_args(c, values, flags, tiny_test_split="test")
