@@ -57,10 +57,10 @@ def test_reference_model_shapes():
   assert batch["regions"].shape == (128, 36, 2048) and batch["tokens"].shape == (128, 32)
   assert model.text_tower.bert_config.num_hidden_layers == 4
   assert model.text_tower.bert_config.hidden_size == 256 and model.text_tower.embed_dim == 1024
-  # Packing buffers derived for the batch's distribution (tests/unit/data/test_packing_stats.py), and the
-  # batch timed fits them: the packed step is the one measured.
+  # Packing buffers derived for the batch's distribution (tests/unit/data/test_packing_stats.py),
+  # and the batch timed fits them: the packed step is the one measured.
   text, regions = config.model.text_token_capacity, config.model.region_capacity
-  assert (model.text_tower.token_capacity, model.image_tower.region_capacity) == (text, regions)
+  assert (model.text_tower.capacity, model.image_tower.capacity) == (text, regions)
   assert 0.625 < text < 0.75 and 0.8 < regions < 0.85  # mean fills 20/32 and 28.8/36
   assert setups.packing_of(config, batch) == {"text_token_capacity": text,
                                              "region_capacity": regions, "batch_fits": True}
