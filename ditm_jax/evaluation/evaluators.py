@@ -2,7 +2,7 @@
 
 Every evaluator is a function `(embedder, spec) -> {metric: float}`, registered by type
 name in `EVALUATORS`; results are recorded as `"<name>/<metric>"`. Fields of every spec:
-- `type`: one of `EVALUATORS`; `split`: a split of the data (`trainer.data.splits`);
+- `type`: one of `EVALUATORS`; `split`: a split of the data (`Data.splits` of `data/datasets.py`);
 - `every_steps`: training cadence (default `config.eval_every_steps`; 0 = only at the end).
   Every evaluator also runs at the last step and in `--mode=eval` (exports: `--mode=export`);
 - `optional`: when True, a failure (including a split the data lacks) is logged and the run
