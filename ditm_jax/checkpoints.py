@@ -7,6 +7,7 @@ DIR/best the RSUM it was chosen by. Damaged checkpoints are set aside, never del
 """
 
 import math
+import os
 
 import jax
 import orbax.checkpoint as ocp
@@ -18,6 +19,8 @@ from ditm_jax import workdir as workdir_lib
 def _manager(workdir, name, keep):
   # Both managers may save the same step at once (the end of training), asynchronously:
   # distinct barrier prefixes keep their cross-process barriers apart.
+  if "://" not in workdir:
+    workdir = os.path.abspath(workdir)  # Orbax needs absolute paths; URLs are already
   return ocp.CheckpointManager(
       f"{workdir.rstrip('/')}/{name}",
       options=ocp.CheckpointManagerOptions(

@@ -78,9 +78,11 @@ def _rows(stdout):
 def test_text_query_is_embedded_by_the_trained_model(workdir):
   out = export.load(str(workdir / "export"), "test")
   k = 37  # an exported caption: the query's embedding must be that caption's
-  proc = subprocess.run([sys.executable, "-m", "ditm_jax.retrieve", f"--workdir={workdir}",
-                         "--query", out.texts[k], "--top_k", "4"], cwd=e2e.ROOT,
-                        env=e2e.env(), capture_output=True, text=True, timeout=300)
+  # A relative --workdir, as in the README (Orbax itself needs absolute paths).
+  proc = subprocess.run([sys.executable, "-m", "ditm_jax.retrieve",
+                         f"--workdir={workdir.name}", "--query", out.texts[k], "--top_k", "4"],
+                        cwd=workdir.parent, env=e2e.env(), capture_output=True, text=True,
+                        timeout=300)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.startswith(f'Query "{out.texts[k]}": top 4 of 100 images (test export, '
                                 "step 40)")
