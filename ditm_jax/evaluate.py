@@ -9,7 +9,6 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from ditm_jax import sharding
-from ditm_jax.data import memory
 from ditm_jax.data import plan
 from ditm_jax.evaluation import evaluators
 from ditm_jax.evaluation import plots
@@ -114,6 +113,7 @@ class Embedder:
 
   def _embed(self, name, index):
     if (name, index) not in self._cache:
+      from ditm_jax.data import memory  # pylint: disable=g-import-not-at-top  (tf.data)
       arrays = memory.eval_arrays(self.split(name), self.config.data.max_tokens)[index]
       method = ("embed_images", "embed_texts")[index]
       self._cache[name, index] = self.embedding(self.params, method, arrays)
