@@ -69,7 +69,7 @@ def embed_query(workdir, meta, text):
   Builds the model and its abstract state, restores that step's parameters from
   DIR/checkpoints and tokenises `text` as the run did; no input pipeline.
   """
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   from ditm_jax import checkpoints, evaluate, sharding, step  # pylint: disable=g-import-not-at-top
   from ditm_jax.data import tooling  # pylint: disable=g-import-not-at-top
@@ -79,12 +79,10 @@ def embed_query(workdir, meta, text):
   try:
     mesh = sharding.make_mesh(config)
     vocab_size, encode = tooling.text_tooling(config)
-    model = model_lib.build(config, vocab_size)
+    model = model_lib.build(config, vocab_size, dtype=jnp.dtype(config.dtype))  # as trained
     setup = step.setup(config, model, step.make_optimizer(config), mesh,
                        tooling.example_batch(config, mesh.devices.size))
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            setup.abstract, setup.shardings)
-    ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints, abstract, config,
+    ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints, setup.abstract, config,
                                    with_best=False)
     if meta["step"] not in ckpt.steps():
       raise RetrieveError(

@@ -1,8 +1,8 @@
 """The optimisation step: train state, optimizer, the pure `train_step`, and `setup`, which
 builds the abstract state, its shardings and the jitted init and step on a mesh.
 
-Nothing here reads data or files (no TensorFlow): the trainer (`train.py`), the benchmarks
-and tests all build their state and step with `setup`.
+Nothing here reads data or files (no TensorFlow): the trainer (`train.py`), `retrieve` and
+the benchmarks build their state and step with `setup`.
 """
 
 import functools
@@ -45,7 +45,7 @@ def init_state(model, tx, example, rng):
 
 class Setup(NamedTuple):
   """What `setup` builds: the state's abstract shapes and shardings, init and step."""
-  abstract: Any  # TrainState of jax.ShapeDtypeStruct
+  abstract: Any  # TrainState of jax.ShapeDtypeStruct, each with its sharding (for restoring)
   shardings: Any  # TrainState of NamedSharding
   init: Callable  # jitted: rng -> state, born in `shardings`
   step: Callable  # jitted: (state, global batch) -> (state, metrics), state donated
@@ -59,8 +59,10 @@ def setup(config, model, tx, mesh, example):
   and the train step with them."""
   example = jax.tree.map(jnp.asarray, example)
   init = functools.partial(init_state, model, tx, example)
-  abstract = jax.eval_shape(init, jax.random.key(0))
-  shardings = sharding.state_shardings(mesh, abstract, config)
+  shapes = jax.eval_shape(init, jax.random.key(0))
+  shardings = sharding.state_shardings(mesh, shapes, config)
+  abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                          shapes, shardings)
   batch_sharding = sharding.batch_sharding(mesh)
   step_fn = functools.partial(train_step, model=model, tx=tx, config=config, mesh=mesh)
   step = jax.jit(step_fn, in_shardings=(shardings, batch_sharding),

@@ -22,6 +22,7 @@ from ditm_jax import step as step_lib
 from ditm_jax import workdir as workdir_lib
 from ditm_jax.data import datasets
 from ditm_jax.data import packing_stats
+from ditm_jax.data import tooling
 from ditm_jax.models import model as model_lib
 
 
@@ -51,11 +52,9 @@ class Trainer:
                                               self.mesh.shape[sharding.DATA])
     self.model = model_lib.build(config, self.data.vocab_size, dtype=jnp.dtype(config.dtype))
     self.setup = step_lib.setup(config, self.model, step_lib.make_optimizer(config), self.mesh,
-                                self.data.train.example_batch(config, devices))
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            self.setup.abstract, self.setup.shardings)
-    self.checkpoints = checkpoints_lib.Checkpoints(workdir, config.keep_checkpoints, abstract,
-                                                   config)
+                                tooling.example_batch(config, devices))
+    self.checkpoints = checkpoints_lib.Checkpoints(workdir, config.keep_checkpoints,
+                                                   self.setup.abstract, config)
     self.writer = metrics_lib.MetricsWriter(workdir, enabled=self.is_main)
     self.embedding = evaluate_lib.Embedding(self.model, self.mesh, config)
 

@@ -21,7 +21,7 @@ from ditm_jax.data import tooling
 @dataclasses.dataclass
 class Data:
   """What the trainer needs from a data set."""
-  train: Any  # memory.Split or stream.RecordSplit: .batches(), .example_batch(), ...
+  train: Any  # memory.Split or stream.RecordSplit: .batches(), .step_image_ids(), ...
   splits: collections.abc.Mapping  # name -> memory.Split, for evaluation and export
   vocab_size: int
   encode_text: Callable  # list[str] -> (tokens (N, L) int32, lengths (N,) int32)

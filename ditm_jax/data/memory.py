@@ -49,13 +49,6 @@ class Split:
     return train_dataset(self, config, start_step, process_index,
                          process_count).as_numpy_iterator()
 
-  def example_batch(self, config, rows):
-    """A batch of `rows` images, for shapes (model initialisation)."""
-    images, slots = sample(0, 0, self.num_images, rows, self.captions_per_image,
-                           config.data.captions_per_image)
-    keep = region_keep_mask(0, 0, rows, self.features.shape[1], 0.0)
-    return make_batch(self, images, slots, keep, max_tokens=config.data.max_tokens)
-
   def step_image_ids(self, config, step):
     """The image ids of global step `step` (to name a batch that failed)."""
     images, _ = sample(config.seed, step, self.num_images, config.batch_size,

@@ -23,7 +23,6 @@ from ditm_jax.data import augment
 from ditm_jax.data import images
 from ditm_jax.data import plan
 from ditm_jax.data import records
-from ditm_jax.data import tooling
 from ditm_jax.data import tfdata
 
 _FILE_ORDER, _WINDOW, _SLOTS, _REGION_DROP, _TOKEN_DROP = range(5)  # random streams
@@ -58,11 +57,6 @@ class RecordSplit:
     """This host's numpy batches of steps start_step..config.total_steps."""
     return record_dataset(self, config, start_step, process_index,
                           process_count).as_numpy_iterator()
-
-  def example_batch(self, config, rows):
-    """A batch of `rows` images in the shapes of a training batch (zeros)."""
-    m = self.manifest
-    return tooling.zeros_batch(config, rows, m["max_tokens"], m["image"], m["feature_shape"])
 
   def step_image_ids(self, config, step):
     """Image ids of process 0's rows at global step `step` (to name a batch that failed)."""

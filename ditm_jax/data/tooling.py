@@ -1,5 +1,5 @@
 """What a model needs from a data set without its data: how texts become tokens, and the
-shapes of a training batch. NumPy only, no TensorFlow (for `ditm_jax.retrieve`)."""
+shapes of a training batch. No input pipeline (`ditm_jax.retrieve` uses it too)."""
 
 import numpy as np
 
@@ -20,8 +20,8 @@ def demo_text_tooling(config, train_captions):
 
 
 def text_tooling(config):
-  """(vocab_size, encode(texts) -> (tokens, lengths)) of the data set, as its runs tokenise,
-  without reading images or starting an input pipeline (`ditm_jax.retrieve`)."""
+  """(vocab_size, encode(texts) -> (tokens, lengths)) of the data set, as its runs tokenise:
+  the demo's vocabulary of its training captions, or a prepared directory's manifest."""
   if config.data.name == "demo":
     d = config.data
     captions = demo.make_split(d.world_seed, 1, d.num_train, feature_dim=d.feature_dim,
@@ -31,26 +31,16 @@ def text_tooling(config):
 
 
 def example_batch(config, rows):
-  """A batch of zeros in the shapes of a training batch of `rows` images (initialisation)."""
-  image = "pixels" if config.model.image == "vit" else "regions"
-  return zeros_batch(config, rows, config.data.max_tokens, image,
-                            (config.data.num_regions, config.data.feature_dim))
-
-
-def zeros_batch(config, rows, max_tokens, image, feature_shape):
-  """A training batch of `rows` images of zeros: the shapes, for model initialisation.
-
-  `image` is 'regions' (features of `feature_shape` (R, F)) or 'pixels' (data.image_size).
-  """
-  n = rows * config.data.captions_per_image
-  batch = {"tokens": np.zeros((n, max_tokens), np.int32),
-           "token_mask": np.arange(max_tokens)[None, :] < np.ones((n, 1)),
+  """A training batch of `rows` images of zeros, in the shapes `config` gives every source
+  (prepared data is checked against them): for model initialisation."""
+  d = config.data
+  n = rows * d.captions_per_image
+  batch = {"tokens": np.zeros((n, d.max_tokens), np.int32),
+           "token_mask": np.ones((n, d.max_tokens), bool),
            "desc": np.zeros(n, np.float32), "image_ids": np.arange(rows, dtype=np.int32)}
-  if image == "pixels":
-    s = config.data.image_size
-    batch["pixels"] = np.zeros((rows, s, s, 3), np.uint8)
+  if config.model.image == "vit":
+    batch["pixels"] = np.zeros((rows, d.image_size, d.image_size, 3), np.uint8)
   else:
-    r, f = feature_shape
-    batch["regions"] = np.zeros((rows, r, f), np.float32)
-    batch["region_mask"] = np.ones((rows, r), bool)
+    batch["regions"] = np.zeros((rows, d.num_regions, d.feature_dim), np.float32)
+    batch["region_mask"] = np.ones((rows, d.num_regions), bool)
   return batch

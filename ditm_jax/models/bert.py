@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ditm_jax import hub
 from ditm_jax.models import hf_import
 from ditm_jax.models import packing as packing_lib
 from ditm_jax.models import transformer
@@ -46,14 +47,14 @@ class BertConfig:
   def from_dict(cls, config: dict[str, Any]) -> "BertConfig":
     """From the contents of a Hugging Face `config.json`; other keys are ignored."""
     if config.get("model_type", "bert") != "bert":
-      raise hf_import.CheckpointError(
+      raise hub.CheckpointError(
           f"config.json has model_type '{config['model_type']}'; this module reads BERT only.")
     if config.get("position_embedding_type", "absolute") != "absolute":
-      raise hf_import.CheckpointError(
+      raise hub.CheckpointError(
           "Only absolute position embeddings are supported, config.json has "
           f"'{config['position_embedding_type']}'.")
     if config.get("is_decoder", False):
-      raise hf_import.CheckpointError("config.json describes a BERT decoder; an encoder is needed.")
+      raise hub.CheckpointError("config.json describes a BERT decoder; an encoder is needed.")
     fields = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in config.items() if k in fields})
 
@@ -159,7 +160,7 @@ def convert_params(state_dict: dict[str, np.ndarray], config: BertConfig
   """PyTorch-named tensors (with or without 'bert.') -> (float32 Flax params, import report).
 
   Raises:
-    hf_import.CheckpointError: naming every missing or mis-shaped weight.
+    hub.CheckpointError: naming every missing or mis-shaped weight.
   """
   module = BertModel(config)
   expected = jax.eval_shape(module.init, jax.random.key(0), _dummy_ids(config))["params"]
@@ -183,10 +184,10 @@ def load_pretrained(path_or_name: str | os.PathLike, dtype: Any = jnp.float32
     dtype: compute dtype of the module; parameters stay float32 (host NumPy arrays).
 
   Raises:
-    hf_import.CheckpointError: the checkpoint cannot be found or a needed weight is missing.
+    hub.CheckpointError: the checkpoint cannot be found or a needed weight is missing.
   """
-  directory = hf_import.resolve_checkpoint_dir(path_or_name)
-  config = BertConfig.from_dict(hf_import.read_json(directory, "config.json"))
+  directory = hub.resolve_checkpoint_dir(path_or_name)
+  config = BertConfig.from_dict(hub.read_json(directory, "config.json"))
   params, report = convert_params(hf_import.read_state_dict(directory), config)
   hf_import.log_report(directory, report)
   return BertModel(config, dtype=dtype), params

@@ -2,7 +2,7 @@
 
 A checkpoint is a directory holding `config.json` and `model.safetensors` (or a sharded
 `model.safetensors.index.json`, or `pytorch_model.bin` where PyTorch is installed), found by
-`ditm_jax.hub` (whose names this module re-exports for the model code).
+`ditm_jax.hub`.
 
 Each model states, per Flax parameter, which PyTorch tensor fills it and how (`LINEAR`: transpose
 `(out, in)` to `(in, out)`; `CONV`: `OIHW` to `HWIO`). `convert_state_dict` fills the tree, raises
@@ -20,11 +20,6 @@ import numpy as np
 import safetensors
 
 from ditm_jax import hub
-
-# The checkpoint-file names that the model code reaches through this module.
-CheckpointError = hub.CheckpointError
-read_json = hub.read_json
-resolve_checkpoint_dir = hub.resolve_checkpoint_dir
 
 # Tensor transforms from PyTorch layout to Flax layout.
 LINEAR = "linear"  # nn.Linear weight (out, in) -> Dense kernel (in, out).
@@ -67,20 +62,20 @@ def read_state_dict(directory: pathlib.Path) -> dict[str, np.ndarray]:
   if single.is_file():
     return _read_safetensors([single])
   if index.is_file():
-    weight_map = read_json(directory, index.name)["weight_map"]
+    weight_map = hub.read_json(directory, index.name)["weight_map"]
     return _read_safetensors([directory / f for f in sorted(set(weight_map.values()))])
   torch_bin = directory / "pytorch_model.bin"
   if torch_bin.is_file():
     try:
       import torch  # pylint: disable=g-import-not-at-top
     except ImportError as err:
-      raise CheckpointError(
+      raise hub.CheckpointError(
           f"{torch_bin} is a PyTorch pickle and PyTorch is not installed. Convert it to "
           "model.safetensors on a machine with torch (load the model with transformers and call "
           "save_pretrained), or install torch.") from err
     tensors = torch.load(torch_bin, map_location="cpu", weights_only=True)
     return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in tensors.items()}
-  raise CheckpointError(
+  raise hub.CheckpointError(
       f"No weights in {directory}: expected model.safetensors, model.safetensors.index.json or "
       "pytorch_model.bin.")
 
@@ -89,7 +84,7 @@ def _read_safetensors(files: Iterable[pathlib.Path]) -> dict[str, np.ndarray]:
   tensors = {}
   for path in files:
     if not path.is_file():
-      raise CheckpointError(f"{path} not found (listed in the safetensors index).")
+      raise hub.CheckpointError(f"{path} not found (listed in the safetensors index).")
     with safetensors.safe_open(str(path), framework="numpy") as f:
       for key in f.keys():
         tensors[key] = f.get_tensor(key)
@@ -121,8 +116,9 @@ def normalize_names(state_dict: Mapping[str, np.ndarray], prefix: str,
     name = re.sub(r"(LayerNorm|layernorm\w*|norm)\.gamma$", r"\1.weight", name)
     name = re.sub(r"(LayerNorm|layernorm\w*|norm)\.beta$", r"\1.bias", name)
     if name in canonical:
-      raise CheckpointError(f"Checkpoint holds both '{canonical[name]}' and '{stored}', which name "
-                            f"the same weight '{name}'.")
+      raise hub.CheckpointError(
+          f"Checkpoint holds both '{canonical[name]}' and '{stored}', which name "
+          f"the same weight '{name}'.")
     canonical[name] = stored
   return canonical
 
@@ -143,7 +139,7 @@ def convert_state_dict(
     (params as float32 NumPy arrays, report of loaded and unused tensors).
 
   Raises:
-    CheckpointError: a weight the model needs is missing or has the wrong shape.
+    hub.CheckpointError: a weight the model needs is missing or has the wrong shape.
   """
   canonical = normalize_names(state_dict, prefix, renames)
   flat_names = traverse_util.flatten_dict(dict(names))
@@ -167,7 +163,7 @@ def convert_state_dict(
   if missing or mismatched:
     lines = [f"missing weight: {n} (or {prefix}.{n})" for n in missing]
     lines += [f"shape mismatch: {m}" for m in mismatched]
-    raise CheckpointError("Checkpoint does not fit the model (is config.json the checkpoint's "
+    raise hub.CheckpointError("Checkpoint does not fit the model (is config.json the checkpoint's "
                           "own?):\n  " + "\n  ".join(lines))
   report = ImportReport(loaded=tuple(sorted(used)),
                         unused=tuple(sorted(set(state_dict) - used)), prefix=prefix)

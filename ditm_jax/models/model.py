@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ditm_jax import hub
 from ditm_jax.models import bert as bert_lib
 from ditm_jax.models import encoders
-from ditm_jax.models import hf_import
 from ditm_jax.models import packed
 from ditm_jax.models import vit as vit_lib
 
@@ -84,8 +84,8 @@ def _checkpoint_path(config, field: str, tower: str) -> str:
 
 def bert_config(config) -> bert_lib.BertConfig:
   """The architecture of the checkpoint at `config.model.bert_path` (reads config.json only)."""
-  directory = hf_import.resolve_checkpoint_dir(_checkpoint_path(config, "bert_path", "text"))
-  cfg = bert_lib.BertConfig.from_dict(hf_import.read_json(directory, "config.json"))
+  directory = hub.resolve_checkpoint_dir(_checkpoint_path(config, "bert_path", "text"))
+  cfg = bert_lib.BertConfig.from_dict(hub.read_json(directory, "config.json"))
   if config.data.max_tokens > cfg.max_position_embeddings:
     raise ValueError(
         f"config.data.max_tokens={config.data.max_tokens} exceeds the "
@@ -96,7 +96,7 @@ def bert_config(config) -> bert_lib.BertConfig:
 
 def vit_config(config) -> vit_lib.ViTConfig:
   """The architecture and pixel normalisation of the checkpoint at `config.model.vit_path`."""
-  directory = hf_import.resolve_checkpoint_dir(_checkpoint_path(config, "vit_path", "image"))
+  directory = hub.resolve_checkpoint_dir(_checkpoint_path(config, "vit_path", "image"))
   cfg = vit_lib.load_config(directory)
   size = config.data.image_size
   if size != cfg.image_size:

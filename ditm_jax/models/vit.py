@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ditm_jax import hub
 from ditm_jax.models import hf_import
 from ditm_jax.models import transformer
 
@@ -35,7 +36,7 @@ _RENAMES = (
 def _square(value, name: str) -> int:
   if isinstance(value, (list, tuple)):
     if len(set(value)) != 1:
-      raise hf_import.CheckpointError(f"Only square {name} is supported, config.json has {value}.")
+      raise hub.CheckpointError(f"Only square {name} is supported, config.json has {value}.")
     value = value[0]
   return int(value)
 
@@ -79,7 +80,7 @@ class ViTConfig:
                 preprocessor: dict[str, Any] | None = None) -> "ViTConfig":
     """From `config.json` and, if given, `preprocessor_config.json` contents."""
     if config.get("model_type", "vit") != "vit":
-      raise hf_import.CheckpointError(
+      raise hub.CheckpointError(
           f"config.json has model_type '{config['model_type']}'; this module reads ViT only.")
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: v for k, v in config.items() if k in fields}
@@ -186,7 +187,7 @@ def convert_params(state_dict: dict[str, np.ndarray], config: ViTConfig
   names of transformers >= 5 (`layers.N.attention.q_proj`, `mlp.fc1`, ...).
 
   Raises:
-    hf_import.CheckpointError: naming every missing or mis-shaped weight.
+    hub.CheckpointError: naming every missing or mis-shaped weight.
   """
   module = ViTModel(config)
   expected = jax.eval_shape(module.init, jax.random.key(0), _dummy_images(config))["params"]
@@ -204,8 +205,8 @@ def init_params(config: ViTConfig, rng: jax.Array, dtype: Any = jnp.float32
 def load_config(directory: str | os.PathLike) -> ViTConfig:
   """The ViTConfig of a checkpoint directory (config.json + optional preprocessor_config.json)."""
   directory = pathlib.Path(directory)
-  return ViTConfig.from_dict(hf_import.read_json(directory, "config.json"),
-                             hf_import.read_json(directory, "preprocessor_config.json", False))
+  return ViTConfig.from_dict(hub.read_json(directory, "config.json"),
+                             hub.read_json(directory, "preprocessor_config.json", False))
 
 
 def load_pretrained(path_or_name: str | os.PathLike, dtype: Any = jnp.float32
@@ -215,9 +216,9 @@ def load_pretrained(path_or_name: str | os.PathLike, dtype: Any = jnp.float32
   `module.config` carries the checkpoint's image normalisation for `preprocess_images`.
 
   Raises:
-    hf_import.CheckpointError: the checkpoint cannot be found or a needed weight is missing.
+    hub.CheckpointError: the checkpoint cannot be found or a needed weight is missing.
   """
-  directory = hf_import.resolve_checkpoint_dir(path_or_name)
+  directory = hub.resolve_checkpoint_dir(path_or_name)
   config = load_config(directory)
   params, report = convert_params(hf_import.read_state_dict(directory), config)
   hf_import.log_report(directory, report)

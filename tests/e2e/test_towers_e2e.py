@@ -19,9 +19,9 @@ def test_bert_demo_resumes_to_the_same_result(tmp_path):
   reference = tmp_path / "reference"
   out = e2e.run(TINY, reference, *BERT)
   assert "Imported" in out.stderr and "bert_tiny" in out.stderr  # pretrained weights loaded
-  # BERT's packing buffer is sized from the demo captions' lengths (tests/unit/data/test_packing_stats.py),
-  # reported, and kept in the run's config. Here they fill nearly all 16 positions: the
-  # buffer would be the whole batch, so BERT runs padded.
+  # BERT's packing buffer is sized from the demo captions' lengths
+  # (tests/unit/data/test_packing_stats.py), reported, and kept in the run's config. Here they
+  # fill nearly all 16 positions: the buffer would be the whole batch, so BERT runs padded.
   derived = json.loads((reference / "config.json").read_text())["model"]["text_token_capacity"]
   assert 0.9 < derived < 1
   assert f"Packing: model.text_token_capacity = {derived:.4f} (was 0.75)" in out.stdout

@@ -120,6 +120,19 @@ def test_resumable_settings_are_a_note_and_derived_ones_are_not_compared(tmp_pat
       "total_steps=60 (was 40)"]
 
 
+def test_fields_added_to_the_base_after_a_run_are_a_note(tmp_path):
+  recorded = demo.get_config("tiny")
+  del recorded.loss["relax_budget"]  # a run made before the field existed
+  workdir = _run_in(tmp_path, recorded)
+  assert wd.check_identity(demo.get_config("tiny"), workdir) == [
+      "changed since the run in this workdir, allowed on resume: loss.relax_budget=0.2 (was "
+      "(absent))"]
+  changed = demo.get_config("tiny")
+  changed.loss.relax_beta = 0.1  # a field the run has: still refused
+  with pytest.raises(wd.WorkdirError, match="loss.relax_beta=0.5 there, 0.1 now"):
+    wd.check_identity(changed, workdir)
+
+
 def test_identity_needs_a_run_in_the_workdir(tmp_path):
   (tmp_path / "config.json").write_text(demo.get_config().to_json())  # no checkpoint yet
   assert wd.check_identity(demo.get_config("tiny"), str(tmp_path)) == []

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from ditm_jax.models import bert
-from ditm_jax.models import hf_import
+from ditm_jax import hub
 from ditm_jax.data import tokenizer
+from ditm_jax.models import bert
 from ditm_jax.models import transformer
 
 GOLDEN = pathlib.Path(__file__).resolve().parents[2] / "golden"
@@ -105,14 +105,14 @@ def test_prefixed_gamma_beta_names_load_the_same(state_dict, loaded):
 def test_missing_weight_raises_naming_it(state_dict, tmp_path):
   tensors = dict(state_dict)
   del tensors["encoder.layer.1.output.dense.weight"]
-  with pytest.raises(hf_import.CheckpointError,
+  with pytest.raises(hub.CheckpointError,
                      match=r"missing weight: encoder\.layer\.1\.output\.dense\.weight"):
     bert.load_pretrained(_copy_checkpoint(tmp_path, tensors))
 
 
 def test_wrong_config_raises_shape_mismatch(state_dict):
   config = bert.BertConfig.from_dict(json.loads((BERT_DIR / "config.json").read_text()))
-  with pytest.raises(hf_import.CheckpointError,
+  with pytest.raises(hub.CheckpointError,
                      match=r"encoder\.layer\.0\.intermediate\.dense\.weight: checkpoint"):
     bert.convert_params(state_dict, dataclasses.replace(config, intermediate_size=48))
 
@@ -167,7 +167,7 @@ def test_tokenizer_from_checkpoint_dir(golden):
 def test_hub_name_without_network_says_so(monkeypatch, tmp_path):
   monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
   monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-  with pytest.raises(hf_import.CheckpointError) as err:
+  with pytest.raises(hub.CheckpointError) as err:
     bert.load_pretrained("google-bert/bert-base-uncased")
   message = str(err.value)
   assert "google-bert/bert-base-uncased" in message and "no network" in message
@@ -178,21 +178,21 @@ def test_hub_download_failure_is_a_clear_error(monkeypatch):
   def fail(*args, **kwargs):
     raise ConnectionError("Name or service not known")
   monkeypatch.setattr(huggingface_hub, "snapshot_download", fail)
-  with pytest.raises(hf_import.CheckpointError, match=r"'some-org/some-bert'.*ConnectionError"):
+  with pytest.raises(hub.CheckpointError, match=r"'some-org/some-bert'.*ConnectionError"):
     tokenizer.load_tokenizer("some-org/some-bert", max_length=8)
 
 
 def test_bad_local_paths(tmp_path):
-  with pytest.raises(hf_import.CheckpointError, match="is not a directory"):
+  with pytest.raises(hub.CheckpointError, match="is not a directory"):
     bert.load_pretrained(tmp_path / "nowhere")
   (tmp_path / "config.json").write_text("{}")
-  with pytest.raises(hf_import.CheckpointError, match="No weights in"):
+  with pytest.raises(hub.CheckpointError, match="No weights in"):
     bert.load_pretrained(tmp_path)
   (tmp_path / "pytorch_model.bin").write_bytes(b"")
   try:
     import torch  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
-    with pytest.raises(hf_import.CheckpointError, match="PyTorch is not installed"):
+    with pytest.raises(hub.CheckpointError, match="PyTorch is not installed"):
       bert.load_pretrained(tmp_path)
 
 

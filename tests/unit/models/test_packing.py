@@ -1,5 +1,5 @@
 """Packing (models/packing.py, models/packed.py): the row moves, buffer sizes, which towers
-pack and when; the packed towers' equality with the plain ones is in tests/e2e/test_packed_e2e.py."""
+pack and when. The packed towers' equality with the plain ones: tests/e2e/test_packed_e2e.py."""
 import pathlib
 
 import jax

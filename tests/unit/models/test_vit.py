@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from ditm_jax.models import hf_import
+from ditm_jax import hub
 from ditm_jax.models import vit
 
 GOLDEN = pathlib.Path(__file__).resolve().parents[2] / "golden"
@@ -108,7 +108,7 @@ def test_missing_weight_raises_naming_it(state_dict, tmp_path):
   shutil.copy(VIT_DIR / "config.json", directory)
   save_file({k: v for k, v in state_dict.items() if k != "embeddings.cls_token"},
             directory / "model.safetensors")
-  with pytest.raises(hf_import.CheckpointError, match=r"missing weight: embeddings\.cls_token"):
+  with pytest.raises(hub.CheckpointError, match=r"missing weight: embeddings\.cls_token"):
     vit.load_pretrained(directory)
 
 
